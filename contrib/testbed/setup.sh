@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Prepare this machine (Debian 12, as root) for rootless Podman runs and tests. Idempotent:
+# a second run on the same machine reuses the user, its venv, its images and the registry.
+#   --minimal   only what `contrib/demo.sh` needs (no loopback registry)
+# It installs Podman and friends from apt, makes runc the runtime (crun fails on cgroup v1
+# hybrid hosts), lets rootless networking open /dev/net/tun, creates the unprivileged test user
+# with subuids, gives it the overlay storage driver, a venv with this package, the test images,
+# and (unless --minimal) a loopback registry for pull tests. Fails loudly if a rootless
+# container cannot run at the end.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+minimal=0
+[ "${1:-}" = "--minimal" ] && minimal=1
+
+[ "$(id -u)" = 0 ] || tb_die "run as root: it installs packages and creates the test user $TB_USER"
+
+# 1. packages
+pkgs=(podman runc uidmap slirp4netns fuse-overlayfs catatonit busybox-static python3-venv)
+[ $minimal = 1 ] || pkgs+=(docker-registry)
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    tb_log "installing ${missing[*]}"
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+# 2. host fixes from the field notes: rootless default networking needs /dev/net/tun
+if [ -c /dev/net/tun ]; then chmod 666 /dev/net/tun; fi
+
+# 3. the unprivileged user, with a subordinate uid/gid range
+id "$TB_USER" >/dev/null 2>&1 || { tb_log "creating user $TB_USER"; useradd -m -s /bin/bash "$TB_USER"; }
+grep -q "^$TB_USER:" /etc/subuid || usermod --add-subuids 300000-365535 "$TB_USER"
+grep -q "^$TB_USER:" /etc/subgid || usermod --add-subgids 300000-365535 "$TB_USER"
+tb_user_facts
+install -d -m 700 -o "$TB_USER" -g "$TB_USER" "$TB_RUNTIME"
+
+# 4. the user's container configuration: runc, cgroupfs (no systemd user session), overlay
+cfg=$TB_HOME/.config/containers
+install -d -o "$TB_USER" -g "$TB_USER" "$TB_HOME/.config" "$cfg" "$cfg/registries.conf.d"
+cat > "$cfg/containers.conf" <<CONF
+# written by miniwdl_podman contrib/testbed/setup.sh
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+cat > "$cfg/storage.conf" <<CONF
+# written by miniwdl_podman contrib/testbed/setup.sh: overlay, not the slow vfs default
+[storage]
+driver = "overlay"
+CONF
+cat > "$cfg/registries.conf.d/50-miniwdl-podman-test.conf" <<CONF
+# the test bed's loopback registry speaks plain HTTP
+[[registry]]
+location = "$TB_REGISTRY"
+insecure = true
+CONF
+chown "$TB_USER:$TB_USER" "$cfg"/*.conf "$cfg"/registries.conf.d/*.conf
+driver=$(tb_as_user podman info --format '{{.Store.GraphDriverName}}' 2>/dev/null || true)
+if [ "$driver" != "overlay" ]; then
+    tb_log "storage driver is '$driver'; resetting $TB_USER's store to overlay"
+    tb_as_user podman system reset -f >/dev/null 2>&1 || true
+    driver=$(tb_as_user podman info --format '{{.Store.GraphDriverName}}' 2>/dev/null || true)
+    [ "$driver" = "overlay" ] || tb_log "WARNING: storage driver still '$driver' (slow, but works)"
+fi
+
+# 5. a copy of this source tree the user can read, and a venv (Debian's python3) with it
+rm -rf "$TB_SRC"
+install -d -o "$TB_USER" -g "$TB_USER" "$TB_SRC"
+tar -C "$repo" --exclude=./.git --exclude=./.nox --exclude='*.egg-info' --exclude=__pycache__ \
+    --exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache -c . \
+    | tb_as_user tar -C "$TB_SRC" -x
+[ -x "$TB_VENV/bin/python" ] || tb_as_user /usr/bin/python3 -m venv "$TB_VENV"
+tb_as_user "$TB_VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$TB_SRC[test]"
+
+# 6. test images, built locally in the user's store (cached there between runs)
+tb_as_user bash "$TB_SRC/contrib/testbed/make-images.sh"
+
+# 7. the loopback registry for pull tests (plain HTTP on 127.0.0.1 only)
+if [ $minimal = 0 ]; then
+    regdir=/var/lib/miniwdl-podman-registry
+    install -d "$regdir"
+    cat > "$regdir/config.yml" <<CONF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $regdir/data
+  delete:
+    enabled: true
+http:
+  addr: $TB_REGISTRY
+CONF
+    if ! tb_as_user python3 -c "import urllib.request; urllib.request.urlopen('http://$TB_REGISTRY/v2/', timeout=2)" 2>/dev/null; then
+        tb_log "starting loopback registry on $TB_REGISTRY"
+        setsid docker-registry serve "$regdir/config.yml" >"$regdir/registry.log" 2>&1 </dev/null &
+        for _ in $(seq 50); do
+            tb_as_user python3 -c "import urllib.request; urllib.request.urlopen('http://$TB_REGISTRY/v2/', timeout=2)" 2>/dev/null && break
+            sleep 0.2
+        done
+    fi
+    tb_as_user python3 -c "import urllib.request; urllib.request.urlopen('http://$TB_REGISTRY/v2/', timeout=2)" \
+        || tb_die "loopback registry did not come up on $TB_REGISTRY (see $regdir/registry.log)"
+    tb_as_user podman push -q --tls-verify=false "$TB_BASE_IMAGE" \
+        "docker://$TB_REGISTRY/miniwdl-podman-test/pullme:1" >/dev/null
+fi
+
+# 8. the proof: a rootless container runs as the user, with keep-id
+out=$(tb_as_user podman run --rm --network none --userns keep-id "$TB_BASE_IMAGE" id -u 2>&1) \
+    || tb_die "rootless Podman cannot run a container as $TB_USER: $out"
+[ "$(printf '%s' "$out" | tail -n1)" = "$TB_UID" ] \
+    || tb_die "keep-id container ran as uid '$out', expected $TB_UID"
+tb_log "ready: user $TB_USER (uid $TB_UID), storage $driver, venv $TB_VENV"

@@ -1,0 +1,502 @@
+"""The only module that talks to Podman (through podman-py).
+
+One :class:`Engine` per miniwdl process holds one shared podman-py client (thread-safe, with a
+connection pool sized to the task concurrency) to the user's API socket or to a private service
+it started. It resolves each image once per process (concurrent tasks wait on the same pull),
+and runs a :class:`~miniwdl_podman.spec.ContainerSpec`: create, start, wait (server poll
+interval ``[podman_rootless] wait_interval``), remove; kill then remove when miniwdl is
+terminating. Every podman-py / requests exception is translated here into the types in
+:mod:`miniwdl_podman.errors`, with the detail logged and the fix in the message.
+
+podman-py's high-level ``containers.create`` re-inspects each new container and drops the
+create response's ``Warnings``, and ``images.pull`` swallows pull errors (podman-py#301); so the
+few hot or lossy calls go through podman-py's ``APIClient`` directly, with the request body
+rendered by podman-py's own ``CreateMixin._render_payload``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future
+from typing import Any, Callable, Dict, List, Optional
+
+from podman import PodmanClient, api
+from podman.domain.containers_create import CreateMixin
+from podman.errors import APIError, NotFound
+from WDL._util import StructuredLogMessage as _
+from WDL.runtime.error import Terminated
+
+from . import images as images_mod
+from . import service as service_mod
+from ._logging import notice
+from .errors import ContainerFailed, ImagePullFailed, Interrupted, PodmanUnavailable
+from .settings import SECTION, Settings
+from .spec import ContainerSpec
+
+# (connect, read) timeout for requests that legitimately block for as long as the task runs
+_UNBOUNDED = (30.0, None)
+
+
+def _explain(exn: BaseException) -> str:
+    """The most useful one-line text of a podman-py/requests exception."""
+    if isinstance(exn, APIError):
+        text = str(exn.explanation or "") or str(exn)
+        cause = exn.__cause__ or exn.__context__
+        if cause is not None and not exn.explanation:
+            text = f"{text}: {cause}"
+        elif cause is not None and "operation failed" in text:
+            text = f"{text}: {type(cause).__name__}"
+        return text.strip()
+    return f"{type(exn).__name__}: {exn}"
+
+
+def _is_connection_error(exn: BaseException) -> bool:
+    """An APIError raised because the service could not be reached (not an HTTP status)."""
+    return isinstance(exn, APIError) and exn.response is None
+
+
+# server errors that say nothing about the request and go away when it is sent again
+_TRANSIENT = (
+    "keep-id requires additional",
+    "database is locked",
+    "resource temporarily unavailable",
+)
+_CREATE_TRIES = 5
+
+
+def _is_transient(exn: APIError) -> bool:
+    return (
+        exn.response is not None
+        and exn.is_server_error()
+        and any(marker in _explain(exn) for marker in _TRANSIENT)
+    )
+
+
+def ping(url: str, timeout: float = 3.0) -> bool:
+    """Whether a Podman API service answers at ``url``."""
+    try:
+        with PodmanClient(base_url=url, timeout=timeout) as client:
+            return bool(client.ping())
+    except Exception:
+        return False
+
+
+class Engine:
+    """A connection to one Podman API service, shared by all of a process's tasks."""
+
+    def __init__(self, settings: Settings, pool_size: int = 32) -> None:
+        self.settings = settings
+        self.pool_size = max(16, pool_size)
+        self.url = ""
+        self.source = ""
+        self.version: Dict[str, Any] = {}
+        self.info: Dict[str, Any] = {}
+        self._private: Optional[service_mod.PrivateService] = None
+        self._client: Optional[PodmanClient] = None
+        self._lock = threading.Lock()
+        self._create_lock = threading.Lock()
+        self._images: Dict[str, Future[str]] = {}
+        self._live: Dict[str, str] = {}  # container id -> name, for cleanup at exit
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connect(self, logger: logging.Logger) -> None:
+        """Find the user's API socket or start a private service; log which and the version."""
+        s = self.settings
+        url, source = service_mod.candidate(s, os.environ)
+        if s.service != "private" and url and ping(url):
+            self.url, self.source = url, source
+        elif s.service == "external":
+            raise PodmanUnavailable(
+                (
+                    f"no Podman API service answers at {url} (from {source})"
+                    if url
+                    else f"[{SECTION}] service = external, but {source}"
+                )
+                + "; start one (`systemctl --user enable --now podman.socket`, or"
+                f" `podman system service --time=0 {url or 'unix:///PATH/podman.sock'} &`),"
+                f" or set [{SECTION}] service = auto to let the backend start a private one"
+            )
+        else:
+            if url and s.service == "auto":
+                logger.info(_("podman socket not answering; starting a private service", url=url))
+            base = service_mod.runtime_base(s, os.environ)
+            self._private = service_mod.PrivateService(s.podman, base)
+            self._private.start(ping, s.service_start_timeout)
+            self.url, self.source = self._private.url, "private service"
+        self._client = PodmanClient(
+            base_url=self.url, timeout=s.api_timeout, max_pool_size=self.pool_size
+        )
+        try:
+            self.version = self._client.version()
+            self.info = self._client.info()
+        except APIError as exn:
+            self.close()
+            raise PodmanUnavailable(
+                f"Podman API service at {self.url} answered ping but not version/info:"
+                f" {_explain(exn)}; check `podman info` as this user"
+            ) from None
+        host = self.info.get("host", {})
+        store = self.info.get("store", {})
+        notice(
+            logger,
+            _(
+                "podman service",
+                url=self.url,
+                source=self.source,
+                version=self.version.get("Version", "?"),
+                api_version=self.version.get("ApiVersion", "?"),
+                rootless=host.get("security", {}).get("rootless"),
+                runtime=host.get("ociRuntime", {}).get("name"),
+                cgroups=host.get("cgroupVersion"),
+                storage_driver=store.get("graphDriverName"),
+            ),
+        )
+        if store.get("graphDriverName") == "vfs":
+            logger.warning(
+                _(
+                    "podman storage driver is vfs: every container copies its whole image;"
+                    ' set driver = "overlay" in ~/.config/containers/storage.conf'
+                    " (then `podman system reset`) where the kernel allows",
+                    graph_root=store.get("graphRoot"),
+                )
+            )
+
+    @property
+    def client(self) -> PodmanClient:
+        if self._client is None:
+            raise PodmanUnavailable("internal: Podman engine used before connect()")
+        return self._client
+
+    def _recover(self, logger: logging.Logger) -> bool:
+        """After a connection error: restart our private service if it died; is it back?"""
+        if self._private is not None and not self._private.alive():
+            logger.warning(_("private podman service died; restarting it", url=self.url))
+            with self._lock:
+                try:
+                    self._private.restart(ping, self.settings.service_start_timeout)
+                except PodmanUnavailable as exn:
+                    logger.error(_("private podman service restart failed", error=str(exn)))
+                    return False
+        return ping(self.url)
+
+    def close(self) -> None:
+        """Close the client and stop the private service, if any (idempotent)."""
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+        if self._private is not None:
+            self._private.stop()
+            self._private = None
+
+    def remove_leftovers(self, logger: logging.Logger) -> None:
+        """At process exit: remove containers of this process still registered (best effort)."""
+        with self._lock:
+            leftovers = dict(self._live)
+        for cid, name in leftovers.items():
+            self._remove(cid, name, logger, running=True)
+
+    # -- images -------------------------------------------------------------------------------
+
+    def ensure_image(self, image: str, logger: logging.Logger) -> str:
+        """The id of ``image`` in the local store, pulling it once per process if needed."""
+        with self._lock:
+            fut = self._images.get(image)
+            owner = fut is None
+            if fut is None:
+                fut = self._images[image] = Future()
+        if not owner:
+            t0 = time.monotonic()
+            image_id = fut.result()
+            logger.info(
+                _("image ready", image=image, id=image_id[:12], waited=time.monotonic() - t0)
+            )
+            return image_id
+        try:
+            image_id = self._resolve_image(image, logger)
+        except BaseException as exn:
+            fut.set_exception(exn)
+            raise
+        fut.set_result(image_id)
+        return image_id
+
+    def _inspect_image_id(self, ref: str) -> Optional[str]:
+        try:
+            resp = self.client.api.get(f"/images/{ref}/json")
+            resp.raise_for_status()
+        except NotFound:
+            return None
+        except APIError as exn:
+            if exn.status_code in (400, 404):
+                return None
+            raise
+        ans = resp.json().get("Id")
+        return str(ans) if ans else None
+
+    def _resolve_image(self, image: str, logger: logging.Logger) -> str:
+        try:
+            images_mod.validate(image)
+        except Exception as exn:
+            raise ImagePullFailed(image, str(exn)) from None
+        policy = self.settings.pull
+        try:
+            if policy != "always":
+                local = self._inspect_image_id(image)
+                if local:
+                    logger.info(_("image in local store", image=image, id=local[:12]))
+                    return local
+                if policy == "never":
+                    raise ImagePullFailed(
+                        image,
+                        f"container image {image} is not in the local Podman store and"
+                        f" [{SECTION}] pull = never; `podman pull {image}` first, or set"
+                        f" [{SECTION}] pull = missing",
+                    )
+            return self._pull(image, logger)
+        except APIError as exn:
+            logger.error(_("podman image lookup failed", image=image, error=_explain(exn)))
+            raise ImagePullFailed(
+                image, f"cannot look up container image {image}: {_explain(exn)}"
+            ) from None
+
+    def _pull(self, image: str, logger: logging.Logger) -> str:
+        ref = images_mod.qualify(image)
+        logger.info(_("pulling image", image=image, reference=ref))
+        t0 = time.monotonic()
+        errors: List[str] = []
+        image_id: Optional[str] = None
+        resp = self.client.api.post(
+            "/images/pull",
+            params={"reference": ref, "policy": "always", "quiet": False},
+            stream=True,
+            timeout=_UNBOUNDED,
+        )
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if obj.get("error"):
+                errors.append(str(obj["error"]).strip())
+            if obj.get("id"):
+                image_id = str(obj["id"])
+            elif obj.get("images"):
+                image_id = str(obj["images"][0])
+        if errors or not image_id:
+            message = errors[-1] if errors else "the service reported no image"
+            logger.error(_("image pull failed", image=image, reference=ref, error=message))
+            raise ImagePullFailed(
+                image,
+                f"cannot pull container image {image} ({ref}): {message}; check the name and"
+                " that the registry is reachable, or load the image into the local store"
+                " (`podman load`/`podman pull`) beforehand",
+            )
+        notice(
+            logger,
+            _(
+                "image pulled",
+                image=image,
+                reference=ref,
+                id=image_id[:12],
+                seconds=round(time.monotonic() - t0, 2),
+            ),
+        )
+        return image_id
+
+    # -- containers ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        spec: ContainerSpec,
+        logger: logging.Logger,
+        terminating: Callable[[], bool],
+        poll: Callable[[], None],
+        running: Callable[[], None],
+        poll_period: float = 1.0,
+    ) -> int:
+        """Create, start and wait for the container; remove it on every path. Exit code."""
+        cid: Optional[str] = None
+        exited = False
+        try:
+            cid = self._create(spec, logger)
+            self._start(cid, spec, logger)
+            running()
+            exit_code = self._wait(cid, spec, logger, terminating, poll, poll_period)
+            exited = True
+            return exit_code
+        finally:
+            if cid is not None:
+                self._remove(cid, spec.name, logger, running=not exited)
+
+    def _create(self, spec: ContainerSpec, logger: logging.Logger) -> str:
+        body = api.prepare_body(
+            CreateMixin._render_payload({"image": spec.image, **spec.create_kwargs()})
+        )
+        for attempt in range(1, _CREATE_TRIES + 1):
+            try:
+                # Podman 4.3 computes keep-id mappings racily under concurrent creates (500
+                # "keep-id requires additional UIDs..."); the server serialises creates anyway,
+                # so one create at a time from this process costs little and avoids it.
+                with self._create_lock:
+                    resp = self.client.api.post(
+                        "/containers/create",
+                        headers={"content-type": "application/json"},
+                        data=body,
+                    )
+                resp.raise_for_status()
+                break
+            except APIError as exn:
+                if attempt < _CREATE_TRIES and _is_transient(exn):
+                    logger.info(_("podman create: transient error, retrying", error=_explain(exn)))
+                    time.sleep(0.05 * 2**attempt)
+                    continue
+                logger.error(_("podman create failed", name=spec.name, error=_explain(exn)))
+                if _is_connection_error(exn):
+                    raise PodmanUnavailable(
+                        f"Podman API service at {self.url} stopped answering: {_explain(exn)}"
+                    ) from None
+                raise ContainerFailed(
+                    f"Podman could not create the task container: {_explain(exn)}"
+                    "; run `miniwdl-podman doctor` for a diagnosis"
+                ) from None
+        answer = resp.json()
+        cid = str(answer["Id"])
+        with self._lock:
+            self._live[cid] = spec.name
+        for warning in answer.get("Warnings") or []:
+            logger.warning(_("podman create warning", name=spec.name, warning=warning))
+        logger.info(_("podman container created", name=spec.name, id=cid[:12]))
+        return cid
+
+    def _start(self, cid: str, spec: ContainerSpec, logger: logging.Logger) -> None:
+        try:
+            self.client.api.post(f"/containers/{cid}/start").raise_for_status()
+        except APIError as exn:
+            logger.error(_("podman start failed", name=spec.name, error=_explain(exn)))
+            raise ContainerFailed(
+                f"Podman could not start the task container: {_explain(exn)}"
+                "; run `miniwdl-podman doctor` for a diagnosis"
+            ) from None
+        notice(logger, _("podman container started", name=spec.name, id=cid[:12]))
+
+    def _wait_once(self, cid: str) -> int:
+        resp = self.client.api.post(
+            f"/containers/{cid}/wait",
+            params={"condition": ["exited", "stopped"], "interval": self.settings.wait_interval},
+            timeout=_UNBOUNDED,
+        )
+        resp.raise_for_status()
+        return int(resp.json())
+
+    def _wait(
+        self,
+        cid: str,
+        spec: ContainerSpec,
+        logger: logging.Logger,
+        terminating: Callable[[], bool],
+        poll: Callable[[], None],
+        poll_period: float,
+    ) -> int:
+        """Wait for exit in a helper thread, polling stderr and miniwdl's termination flag."""
+        outcome: Dict[str, Any] = {}
+        done = threading.Event()
+
+        def waiter() -> None:
+            try:
+                outcome["exit_code"] = self._wait_once(cid)
+            except BaseException as exn:
+                outcome["error"] = exn
+            finally:
+                done.set()
+
+        reconnects = 0
+        while True:
+            done.clear()
+            outcome.clear()
+            threading.Thread(target=waiter, name=f"wait-{spec.name}", daemon=True).start()
+            while not done.wait(poll_period):
+                poll()
+                if terminating():
+                    self._kill(cid, spec.name, logger)
+                    done.wait(10)
+                    raise Terminated()
+            poll()
+            if "exit_code" in outcome:
+                exit_code = int(outcome["exit_code"])
+                if exit_code < 0:
+                    raise Interrupted(
+                        f"Podman could not determine how the task container {spec.name} ended"
+                    )
+                msg = _("podman container exited", name=spec.name, exit_code=exit_code)
+                if exit_code == 0:
+                    notice(logger, msg)
+                else:
+                    logger.error(msg)
+                return exit_code
+            exn = outcome["error"]
+            if isinstance(exn, NotFound):
+                raise Interrupted(f"task container {spec.name} disappeared while running") from None
+            if _is_connection_error(exn) and reconnects < 5:
+                reconnects += 1
+                logger.warning(
+                    _("lost the podman service while waiting; reconnecting", error=_explain(exn))
+                )
+                time.sleep(min(2.0**reconnects * 0.1, 3.0))
+                self._recover(logger)
+                continue
+            logger.error(_("podman wait failed", name=spec.name, error=_explain(exn)))
+            raise Interrupted(
+                f"lost track of task container {spec.name}: {_explain(exn)}"
+            ) from None
+
+    def _kill(self, cid: str, name: str, logger: logging.Logger) -> None:
+        try:
+            self.client.api.post(
+                f"/containers/{cid}/kill", params={"signal": "SIGKILL"}
+            ).raise_for_status()
+            logger.info(_("podman container killed", name=name))
+        except APIError as exn:
+            if not isinstance(exn, NotFound) and exn.status_code != 409:
+                logger.warning(_("podman kill failed", name=name, error=_explain(exn)))
+
+    def _remove(self, cid: str, name: str, logger: logging.Logger, running: bool) -> None:
+        """Remove the container (killing it first if it may still run); never raises."""
+        for attempt in range(3):
+            try:
+                if running:
+                    self._kill(cid, name, logger)
+                resp = self.client.api.delete(
+                    f"/containers/{cid}", params={"force": True, "v": True, "timeout": 0}
+                )
+                resp.raise_for_status()
+                break
+            except NotFound:
+                break
+            except Exception as exn:
+                if attempt < 2 and _is_connection_error(exn) and self._recover(logger):
+                    continue
+                logger.error(
+                    _(
+                        "podman container removal failed; remove it with `podman rm -f NAME`",
+                        name=name,
+                        error=_explain(exn),
+                    )
+                )
+                return
+        with self._lock:
+            self._live.pop(cid, None)
+        logger.debug(_("podman container removed", name=name))
+
+
+def pool_size_for(task_concurrency: int) -> int:
+    """Connections to keep: one blocking wait per running task, plus room for other calls."""
+    return max(16, 2 * task_concurrency + 8)

@@ -1,0 +1,201 @@
+"""Finding the user's Podman API socket, or starting a private API service.
+
+Which socket: ``[podman_rootless] socket`` if set, else ``CONTAINER_HOST``, else
+``$XDG_RUNTIME_DIR/podman/podman.sock``. If that does not answer (or ``service = private``), a
+private ``podman system service --time=0`` is started on a socket in a fresh 0700 directory
+owned by the user, and stopped when miniwdl exits. The private service is tied to a pipe held by
+this process: if miniwdl dies without cleaning up (even by SIGKILL), the pipe closes and the
+service stops, so no stray service is left behind. It runs in its own session, so a Ctrl-C to
+miniwdl's terminal does not kill it before the backend has removed its containers.
+
+This module starts and stops processes and makes directories; whether a socket *answers* is
+asked through a probe function supplied by the engine (the only module that talks to Podman).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from typing import Callable, Mapping, Optional, Tuple
+
+from .errors import PodmanUnavailable
+from .settings import SECTION, Settings
+
+SOCKET_NAME = "podman.sock"
+
+# The wrapper holds the service; it stops it when its stdin (a pipe from miniwdl) reaches EOF,
+# which happens when miniwdl closes the pipe or dies.
+_WRAPPER = r"""
+"$0" system service --time=0 "$1" </dev/null &
+svc=$!
+read -r _ignored || true
+kill -TERM "$svc" 2>/dev/null
+wait "$svc"
+"""
+
+
+def to_url(socket_or_url: str) -> str:
+    """``/path/podman.sock`` → ``unix:///path/podman.sock``; URLs pass through."""
+    s = socket_or_url.strip()
+    if s.startswith("/"):
+        return "unix://" + s
+    return s
+
+
+def candidate(settings: Settings, environ: Mapping[str, str]) -> Tuple[Optional[str], str]:
+    """The socket URL to try first and where it came from (for the log and error messages)."""
+    if settings.socket:
+        return to_url(settings.socket), f"[{SECTION}] socket"
+    if environ.get("CONTAINER_HOST"):
+        return to_url(environ["CONTAINER_HOST"]), "CONTAINER_HOST"
+    xdg = environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return to_url(os.path.join(xdg, "podman", SOCKET_NAME)), "XDG_RUNTIME_DIR"
+    return None, "no socket configured and XDG_RUNTIME_DIR is not set"
+
+
+def _usable_private_dir(path: str, uid: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and (st.st_mode & 0o077) == 0
+
+
+def runtime_base(settings: Settings, environ: Mapping[str, str], uid: Optional[int] = None) -> str:
+    """The per-user 0700 directory under which a private service's socket directory is made.
+
+    ``[podman_rootless] runtime_dir`` if set; else ``$XDG_RUNTIME_DIR`` when it is a 0700
+    directory of the user's; else ``/tmp/miniwdl-podman-<uid>`` (local disk, created 0700).
+    """
+    uid = os.geteuid() if uid is None else uid
+    if settings.runtime_dir:
+        base = os.path.expanduser(settings.runtime_dir)
+        where = f"[{SECTION}] runtime_dir"
+    elif environ.get("XDG_RUNTIME_DIR") and _usable_private_dir(environ["XDG_RUNTIME_DIR"], uid):
+        return environ["XDG_RUNTIME_DIR"]
+    else:
+        base = os.path.join(tempfile.gettempdir(), f"miniwdl-podman-{uid}")
+        where = "the default private runtime dir"
+    try:
+        os.makedirs(base, mode=0o700, exist_ok=True)
+    except OSError as exn:
+        raise PodmanUnavailable(
+            f"cannot create {where} {base}: {exn.strerror}; set [{SECTION}] runtime_dir"
+            f" (env MINIWDL__{SECTION.upper()}__RUNTIME_DIR) to a directory of yours on local disk"
+        ) from None
+    if not _usable_private_dir(base, uid):
+        raise PodmanUnavailable(
+            f"{where} {base} must be a directory owned by uid {uid} with mode 0700"
+            f" (fix: chmod 700 {base}, or set [{SECTION}] runtime_dir elsewhere)"
+        )
+    return base
+
+
+class PrivateService:
+    """A ``podman system service`` owned by this process, on a socket in a private directory."""
+
+    def __init__(self, podman_exe: str, base_dir: str) -> None:
+        self.podman_exe = podman_exe
+        self.dir = tempfile.mkdtemp(prefix="miniwdl-podman-service-", dir=base_dir)
+        self.socket_path = os.path.join(self.dir, SOCKET_NAME)
+        self.url = "unix://" + self.socket_path
+        self.log_path = os.path.join(self.dir, "service.log")
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self, probe: Callable[[str], bool], timeout: float) -> None:
+        """Start the service and wait until ``probe(url)`` is true; raise PodmanUnavailable."""
+        exe = shutil.which(self.podman_exe)
+        if not exe:
+            self.cleanup()
+            raise PodmanUnavailable(
+                f"podman executable {self.podman_exe!r} not found on PATH, so no private Podman"
+                " API service can be started; install Podman (Debian/Ubuntu: apt-get install"
+                f" podman) or set [{SECTION}] podman to its path, or [{SECTION}] socket to a"
+                " running service's socket"
+            )
+        with open(self.log_path, "wb") as log:
+            self._proc = subprocess.Popen(
+                ["/bin/sh", "-c", _WRAPPER, exe, self.url],
+                stdin=subprocess.PIPE,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            if os.path.exists(self.socket_path) and probe(self.url):
+                return
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                why = (
+                    f"exited with status {self._proc.returncode}"
+                    if self._proc.poll() is not None
+                    else f"did not answer within {timeout:g} s"
+                )
+                tail = self.log_tail()
+                self.stop()
+                raise PodmanUnavailable(
+                    f"private Podman API service ({exe} system service) {why}"
+                    + (f": {tail}" if tail else "")
+                    + "; run `miniwdl-podman doctor` or check that `podman info` works as this"
+                    f" user (raise [{SECTION}] service_start_timeout if the host is just slow)"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                text = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        text = [ln for ln in text if "is not a shared mount" not in ln]
+        return " | ".join(text[-lines:])
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the service (close the pipe; TERM then KILL its process group) and clean up."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                assert proc.stdin is not None
+                proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    try:
+                        os.killpg(proc.pid, sig)
+                    except ProcessLookupError:
+                        break
+                    try:
+                        proc.wait(grace)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+        self._proc = None
+        self.cleanup()
+
+    def restart(self, probe: Callable[[str], bool], timeout: float) -> None:
+        """Start again on the same socket path (after the service died)."""
+        if self.alive():
+            return
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        self.start(probe, timeout)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,122 @@
+"""Every ``[podman_rootless]`` option, its default and its validation, in one place.
+
+:func:`load` reads the miniwdl configuration once (from ``global_init``) into a frozen
+:class:`Settings`; nothing else in the package reads configuration. Each option can also be set
+by the environment variable ``MINIWDL__PODMAN_ROOTLESS__<OPTION>`` (miniwdl's usual rule), and
+``contrib/podman_rootless.cfg`` documents them all.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Tuple
+
+from .errors import ConfigError
+
+SECTION = "podman_rootless"
+
+SERVICE_MODES = ("auto", "private", "external")
+PULL_POLICIES = ("missing", "always", "never")
+
+# option -> (default as written in a config file, one-line description)
+DEFAULTS: Dict[str, Tuple[str, str]] = {
+    "socket": ("", "Podman API socket URL or path; empty: CONTAINER_HOST, then the user's socket"),
+    "service": ("auto", "auto: use the socket if it answers, else start a private service"),
+    "podman": ("podman", "podman executable used only to start a private API service"),
+    "runtime_dir": ("", "where a private service's socket directory is made"),
+    "service_start_timeout": ("30", "seconds to wait for a private service to answer"),
+    "api_timeout": ("300", "seconds any single API request (other than wait) may take"),
+    "wait_interval": ("20ms", "how often the server checks whether a container has exited"),
+    "pull": ("missing", "missing: pull only absent images; always; never"),
+    "network": ("", "container network mode; empty: Podman's rootless default; none: no network"),
+    "init": ("true", "run an init process in the container so signals reach the command"),
+}
+
+_DURATION = re.compile(r"^[0-9]+(\.[0-9]+)?(ns|us|ms|s|m)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The backend's configuration, read once per process."""
+
+    socket: str = ""
+    service: str = "auto"
+    podman: str = "podman"
+    runtime_dir: str = ""
+    service_start_timeout: float = 30.0
+    api_timeout: float = 300.0
+    wait_interval: str = "20ms"
+    pull: str = "missing"
+    network: str = ""
+    init: bool = True
+    # miniwdl's own options that the backend needs, read at the same time
+    command_shell: str = "/bin/bash"
+
+
+def _choice(name: str, value: str, choices: Tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(
+            f"invalid [{SECTION}] {name} = {value!r}; choose one of {', '.join(choices)}"
+            f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
+        )
+    return value
+
+
+def _number(name: str, value: str) -> float:
+    try:
+        ans = float(value)
+    except ValueError:
+        ans = -1.0
+    if ans <= 0:
+        raise ConfigError(
+            f"invalid [{SECTION}] {name} = {value!r}; expected a positive number of seconds"
+            f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
+        )
+    return ans
+
+
+def _bool(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(
+        f"invalid [{SECTION}] {name} = {value!r}; expected true or false"
+        f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
+    )
+
+
+def _duration(name: str, value: str) -> str:
+    if not _DURATION.match(value):
+        raise ConfigError(
+            f"invalid [{SECTION}] {name} = {value!r}; expected a duration such as 20ms or 1s"
+            f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
+        )
+    return value
+
+
+def from_mapping(raw: Dict[str, str], command_shell: str = "/bin/bash") -> Settings:
+    """Validate option strings (as a config file or env var spells them) into Settings."""
+    get: Callable[[str], str] = lambda k: raw.get(k, DEFAULTS[k][0]).strip()  # noqa: E731
+    values: Dict[str, Any] = {
+        "socket": get("socket"),
+        "service": _choice("service", get("service"), SERVICE_MODES),
+        "podman": get("podman") or "podman",
+        "runtime_dir": get("runtime_dir"),
+        "service_start_timeout": _number("service_start_timeout", get("service_start_timeout")),
+        "api_timeout": _number("api_timeout", get("api_timeout")),
+        "wait_interval": _duration("wait_interval", get("wait_interval")),
+        "pull": _choice("pull", get("pull"), PULL_POLICIES),
+        "network": get("network"),
+        "init": _bool("init", get("init")),
+        "command_shell": command_shell,
+    }
+    return Settings(**values)
+
+
+def load(cfg: Any) -> Settings:
+    """Read every option from a miniwdl ``config.Loader`` (config file, env, defaults)."""
+    raw = {key: cfg.get(SECTION, key, default) for key, (default, _) in DEFAULTS.items()}
+    return from_mapping(raw, command_shell=cfg.get("task_runtime", "command_shell", "/bin/bash"))

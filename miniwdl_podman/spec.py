@@ -1,0 +1,112 @@
+"""The ContainerSpec: everything Podman is asked for to run one task attempt.
+
+Pure: built from the task's paths, runtime values and the settings, with no Podman call, so it
+can be unit-tested and reused by every place that runs containers. The engine turns it into one
+create request.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from . import identity as identity_mod
+from .mounts import Mount
+from .settings import Settings
+
+LABEL_PREFIX = "io.github.miniwdl-podman"
+LABEL_RUN = f"{LABEL_PREFIX}.run_id"
+LABEL_PID = f"{LABEL_PREFIX}.pid"
+LABEL_HOST = f"{LABEL_PREFIX}.host"
+LABEL_TASK_DIR = f"{LABEL_PREFIX}.task_dir"
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """One container to create: image, command, mounts, identity, limits, labels."""
+
+    name: str
+    image: str
+    command: List[str]
+    working_dir: str
+    mounts: Sequence[Mount]
+    identity: identity_mod.Identity
+    environment: Dict[str, str] = field(default_factory=dict)
+    labels: Dict[str, str] = field(default_factory=dict)
+    network: str = ""
+    init: bool = True
+    privileged: bool = False
+
+    def create_kwargs(self) -> Dict[str, Any]:
+        """The keyword arguments for podman-py's ``containers.create`` (after the image)."""
+        ans: Dict[str, Any] = {
+            "name": self.name,
+            "command": list(self.command),
+            "working_dir": self.working_dir,
+            "mounts": [m.as_podman() for m in self.mounts],
+            "userns_mode": self.identity.userns,
+            "environment": dict(self.environment),
+            "labels": dict(self.labels),
+            "init": self.init,
+        }
+        if self.identity.user:
+            ans["user"] = self.identity.user
+        if self.network:
+            ans["network_mode"] = self.network
+        if self.privileged:
+            ans["privileged"] = True
+        return ans
+
+
+def container_name(run_id: str, try_counter: int) -> str:
+    """A readable name, unique on the host: run id, attempt, and a random suffix."""
+    safe = "".join(c if c.isalnum() or c in "_.-" else "-" for c in run_id)[:40].strip("-.")
+    return f"miniwdl-{safe or 'task'}-{try_counter}-{secrets.token_hex(5)}"
+
+
+def labels(run_id: str, task_dir: str) -> Dict[str, str]:
+    """Labels that let a later run or ``doctor`` find containers left by a dead process."""
+    return {
+        LABEL_RUN: run_id,
+        LABEL_PID: str(os.getpid()),
+        LABEL_HOST: socket.gethostname(),
+        LABEL_TASK_DIR: task_dir,
+    }
+
+
+def build(
+    *,
+    settings: Settings,
+    run_id: str,
+    task_dir: str,
+    try_counter: int,
+    image: str,
+    container_dir: str,
+    mounts: Sequence[Mount],
+    env: Optional[Mapping[str, str]] = None,
+    privileged: bool = False,
+    uid: Optional[int] = None,
+    gid: Optional[int] = None,
+) -> ContainerSpec:
+    """Compute the ContainerSpec for one attempt of a task."""
+    shell = settings.command_shell
+    return ContainerSpec(
+        name=container_name(run_id, try_counter),
+        image=image,
+        # same redirections as miniwdl's other backends: the command script reads nothing from
+        # stdin and appends to the mounted stdout.txt/stderr.txt
+        command=["/bin/sh", "-c", f"{shell} ../command >> ../stdout.txt 2>> ../stderr.txt"],
+        working_dir=os.path.join(container_dir, "work"),
+        mounts=list(mounts),
+        identity=identity_mod.plan(
+            os.geteuid() if uid is None else uid, os.getegid() if gid is None else gid
+        ),
+        environment={str(k): str(v) for k, v in (env or {}).items()},
+        labels=labels(run_id, task_dir),
+        network=settings.network,
+        init=settings.init,
+        privileged=privileged,
+    )
