@@ -38,18 +38,27 @@ class PodmanRootless(TaskContainer):
     _limits: ClassVar[Dict[str, int]] = {}
     _scheduler: ClassVar[Optional[resources.Scheduler]] = None
     _init_lock: ClassVar[threading.Lock] = threading.Lock()
+    _init_error: ClassVar[Optional[PodmanError]] = None
 
     _bind_input_files: bool = True
 
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
-        settings = settings_mod.load(cfg)
-        concurrency = cfg.get_int("scheduler", "task_concurrency", 0) or (os.cpu_count() or 1)
-        engine = Engine(settings, pool_size_for(concurrency))
+        # miniwdl calls this again for each task while it has not succeeded; fail them all with
+        # the first error instead of e.g. trying to start a service once per task of a scatter
+        if cls._init_error is not None:
+            raise cls._init_error
         try:
-            engine.connect(logger)
-        except BaseException:
-            engine.close()
+            settings = settings_mod.load(cfg)
+            concurrency = cfg.get_int("scheduler", "task_concurrency", 0) or (os.cpu_count() or 1)
+            engine = Engine(settings, pool_size_for(concurrency))
+            try:
+                engine.connect(logger)
+            except BaseException:
+                engine.close()
+                raise
+        except PodmanError as exn:
+            cls._init_error = exn
             raise
         cls._settings = settings
         cls._engine = engine

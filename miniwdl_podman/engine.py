@@ -296,7 +296,9 @@ class Engine:
             logger.error(_("image pull failed", image=image, reference=ref, error=message))
             raise ImagePullFailed(
                 image,
-                f"cannot pull container image {image} ({ref}): {message}; check the name and"
+                f"cannot pull container image {image}"
+                + (f" ({ref})" if ref != image else "")
+                + f": {message}; check the name and"
                 " that the registry is reachable, or load the image into the local store"
                 " (`podman load`/`podman pull`) beforehand",
             )

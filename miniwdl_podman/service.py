@@ -29,15 +29,22 @@ from .settings import SECTION, Settings
 
 SOCKET_NAME = "podman.sock"
 
-# The wrapper holds the service; it stops it when its stdin (a pipe from miniwdl) reaches EOF,
-# which happens when miniwdl closes the pipe or dies.
+# The wrapper holds the service and exits with it; a reader on fd 3 (a pipe from miniwdl) stops
+# the service when the pipe reaches EOF, which happens when miniwdl closes it or dies.
 _WRAPPER = r"""
+exec 3<&0
 "$0" system service --time=0 "$1" </dev/null &
 svc=$!
-read -r _ignored || true
-kill -TERM "$svc" 2>/dev/null
+{ read -r _ignored <&3; kill -TERM "$svc" 2>/dev/null; } &
+reader=$!
+exec 3<&-
 wait "$svc"
+status=$?
+kill "$reader" 2>/dev/null
+exit "$status"
 """
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL
+_MAX_SOCKET_PATH = 107
 
 
 def to_url(socket_or_url: str) -> str:
@@ -103,7 +110,16 @@ class PrivateService:
 
     def __init__(self, podman_exe: str, base_dir: str) -> None:
         self.podman_exe = podman_exe
-        self.dir = tempfile.mkdtemp(prefix="miniwdl-podman-service-", dir=base_dir)
+        # the socket path must fit in sockaddr_un: check before making anything
+        longest = os.path.join(base_dir, "miniwdl-podman-XXXXXXXX", SOCKET_NAME)
+        if len(os.fsencode(longest)) > _MAX_SOCKET_PATH:
+            raise PodmanUnavailable(
+                f"the private Podman API socket would be too long a path for a unix socket"
+                f" ({len(os.fsencode(longest))} > {_MAX_SOCKET_PATH} bytes) under {base_dir};"
+                f" set [{SECTION}] runtime_dir (env MINIWDL__{SECTION.upper()}__RUNTIME_DIR) to a"
+                " shorter directory, e.g. /tmp/$USER-podman"
+            )
+        self.dir = tempfile.mkdtemp(prefix="miniwdl-podman-", dir=base_dir)
         self.socket_path = os.path.join(self.dir, SOCKET_NAME)
         self.url = "unix://" + self.socket_path
         self.log_path = os.path.join(self.dir, "service.log")
@@ -115,7 +131,7 @@ class PrivateService:
         if not exe:
             self.cleanup()
             raise PodmanUnavailable(
-                f"podman executable {self.podman_exe!r} not found on PATH, so no private Podman"
+                f"podman executable {self.podman_exe!r} not found, so no private Podman"
                 " API service can be started; install Podman (Debian/Ubuntu: apt-get install"
                 f" podman) or set [{SECTION}] podman to its path, or [{SECTION}] socket to a"
                 " running service's socket"

@@ -1,0 +1,192 @@
+"""Harness for live tests: real ``miniwdl run`` with the backend, against real rootless Podman.
+
+Live tests never skip: if rootless Podman is not usable for the current user, or the test images
+are missing, every live test fails with the command that fixes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional
+
+import pytest
+
+BASE_IMAGE = "localhost/miniwdl-podman/busybox-bash:1"
+OFFLINE_IMAGE = "127.0.0.1:5999/miniwdl-podman-test/offline:1"
+REGISTRY = os.environ.get("MINIWDL_PODMAN_TEST_REGISTRY", "127.0.0.1:5000")
+PULL_IMAGE = f"{REGISTRY}/miniwdl-podman-test/pullme:1"
+LABEL_TASK_DIR = "io.github.miniwdl-podman.task_dir"
+SETUP_HINT = (
+    "prepare this machine with `sudo bash contrib/testbed/setup.sh` and run the live tests as"
+    " its unprivileged user (or just run `nox -s rootless` as root)"
+)
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run the podman CLI as the current user (for test set-up and assertions only)."""
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, check=check, timeout=300
+    )
+
+
+@pytest.fixture(scope="session")
+def rootless_podman() -> Dict[str, Any]:
+    """Facts about the user's rootless Podman; fails (never skips) if it is not usable."""
+    if os.geteuid() == 0:
+        pytest.fail(f"live tests must run as an unprivileged user, not root; {SETUP_HINT}")
+    try:
+        info = json.loads(podman("info", "--format", "json").stdout)
+    except (OSError, subprocess.SubprocessError, ValueError) as exn:
+        pytest.fail(f"rootless Podman is not usable here ({exn}); {SETUP_HINT}")
+    if not info["host"]["security"]["rootless"]:
+        pytest.fail(f"Podman is not running rootless; {SETUP_HINT}")
+    for image in (BASE_IMAGE, OFFLINE_IMAGE):
+        if podman("image", "exists", image, check=False).returncode != 0:
+            pytest.fail(f"test image {image} is missing; {SETUP_HINT}")
+    return dict(info)
+
+
+@dataclass
+class RunResult:
+    """What one ``miniwdl run`` did."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    run_dir: Path
+    outputs: Dict[str, Any]
+    error: Optional[Dict[str, Any]]
+
+    def log(self) -> str:
+        """The run's whole log: its top-level workflow.log or task.log (all levels)."""
+        for name in ("workflow.log", "task.log"):
+            found = sorted(self.run_dir.glob(f"*/{name}"))
+            if found:
+                return found[-1].read_text()
+        raise AssertionError(f"no log under {self.run_dir}: {self.stderr[-2000:]}")
+
+
+class Miniwdl:
+    """Runs ``miniwdl run`` in a subprocess with the podman_rootless backend."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.cfg = tmp_path / "miniwdl.cfg"
+        self.cfg.write_text("[scheduler]\ncontainer_backend = podman_rootless\n")
+        self.runs = 0
+
+    def run(
+        self,
+        wdl: str,
+        *inputs: str,
+        env: Optional[Dict[str, str]] = None,
+        args: Optional[List[str]] = None,
+        timeout: float = 600,
+    ) -> RunResult:
+        self.runs += 1
+        wdl_path = self.tmp_path / f"test{self.runs}.wdl"
+        wdl_path.write_text(wdl)
+        run_dir = self.tmp_path / f"run{self.runs}"
+        full_env = dict(os.environ)
+        full_env.update(
+            {
+                "MINIWDL_CFG": str(self.cfg),
+                "MINIWDL__SCHEDULER__CONTAINER_BACKEND": "podman_rootless",
+                "MINIWDL__CALL_CACHE__GET": "false",
+                "MINIWDL__CALL_CACHE__PUT": "false",
+            }
+        )
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "WDL",
+                "run",
+                str(wdl_path),
+                *inputs,
+                "--dir",
+                str(run_dir),
+                "--error-json",
+                *(args or []),
+            ],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            cwd=self.tmp_path,
+        )
+        outputs: Dict[str, Any] = {}
+        error = None
+        if proc.returncode == 0:
+            outputs = json.loads(proc.stdout)["outputs"]
+        else:
+            try:
+                error = json.loads(proc.stdout)
+            except ValueError:
+                error = None
+        return RunResult(proc.returncode, proc.stdout, proc.stderr, run_dir, outputs, error)
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory with a short path (unix socket paths must stay under 108 bytes)."""
+    path = Path(tempfile.mkdtemp(prefix="mwp-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def miniwdl(rootless_podman: Dict[str, Any], tmp_path: Path) -> Iterator[Miniwdl]:
+    """A miniwdl runner; afterwards asserts the run left no container behind."""
+    runner = Miniwdl(tmp_path)
+    yield runner
+    assert containers_under(tmp_path) == [], "containers were left behind"
+
+
+def containers_under(path: Path) -> List[str]:
+    """Names of containers (any state) whose task dir label lies under ``path``."""
+    out = podman("ps", "-a", "--format", "json").stdout
+    ans = []
+    for c in json.loads(out or "[]"):
+        task_dir = (c.get("Labels") or {}).get(LABEL_TASK_DIR, "")
+        if task_dir.startswith(str(path)):
+            ans.append(c["Names"][0] if c.get("Names") else c["Id"])
+    return ans
+
+
+def foreign_owned(root: Path) -> List[str]:
+    """Every path under ``root`` (not following links) not owned by the invoking uid/gid."""
+    uid, gid = os.getuid(), os.getgid()
+    bad = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if st.st_uid != uid or st.st_gid != gid:
+                bad.append(f"{p} ({st.st_uid}:{st.st_gid})")
+    return bad
+
+
+def snapshot(paths: List[Path]) -> Dict[str, Any]:
+    """Bytes, mode, owner and mtime of each file under ``paths`` (to prove inputs unchanged)."""
+    ans: Dict[str, Any] = {}
+    for top in paths:
+        walk = [top] if top.is_file() else [*sorted(top.rglob("*")), top]
+        for p in walk:
+            st = os.lstat(p)
+            ans[str(p)] = (
+                p.read_bytes() if p.is_file() else None,
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_mtime_ns,
+            )
+    return ans
