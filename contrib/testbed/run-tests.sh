@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# As root: prepare the test bed, then run the whole test suite as the unprivileged test user
+# against real rootless Podman. Any skip counts as a failure, and so does a container left behind.
+# Extra arguments go to pytest.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+[ "$(id -u)" = 0 ] || tb_die "run as root (or run 'nox -s tests' as a user whose rootless Podman works)"
+
+bash "$here/setup.sh"
+tb_user_facts
+status=0
+tb_as_user bash -c 'cd "$0" && exec python -m pytest -p no:cacheprovider --fail-on-skip tests "$@"' \
+    "$TB_SRC" "$@" || status=$?
+left=$(tb_as_user podman ps -a --format '{{.Names}}')
+if [ -n "$left" ]; then
+    tb_log "FAIL: containers left behind after the tests: $left"
+    [ $status != 0 ] || status=1
+fi
+exit $status

@@ -1,0 +1,56 @@
+"""nox sessions: lint, typecheck, unit, tests (live, as yourself), rootless (as root: test bed).
+
+``nox -s lint typecheck rootless`` as root on a fresh Debian 12 machine is the full CI run: it
+prepares an unprivileged user with rootless Podman (contrib/testbed/setup.sh) and runs the whole
+test suite as that user, failing (never skipping) if rootless Podman cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "unit"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3"
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("ruff")
+    session.run("ruff", "check", "miniwdl_podman", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "miniwdl_podman", "tests", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    session.install("mypy", "-e", ".")
+    session.run("mypy")
+
+
+@nox.session(python=PYTHON)
+def unit(session: nox.Session) -> None:
+    """Unit tests: pure option computation, no Podman needed."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "tests/unit", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """All tests, live ones against *your* rootless Podman (run as an unprivileged user)."""
+    if os.geteuid() == 0:
+        session.error("run as an unprivileged user with rootless Podman, or use `nox -s rootless`")
+    session.install("-e", ".[test]")
+    session.run("pytest", "--fail-on-skip", "tests", *session.posargs)
+
+
+@nox.session(python=False)
+def rootless(session: nox.Session) -> None:
+    """As root: prepare the test bed (user, Podman, images, registry) and run all tests as it."""
+    if os.geteuid() != 0:
+        session.error("run as root: it installs packages and creates the test user")
+    session.run("bash", "contrib/testbed/run-tests.sh", *session.posargs, external=True)

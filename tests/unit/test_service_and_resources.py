@@ -1,0 +1,104 @@
+"""Socket discovery, private runtime dir policy and the resource scheduler."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from miniwdl_podman import engine, resources, service, settings
+from miniwdl_podman.errors import PodmanUnavailable
+
+
+def test_socket_candidates_in_order() -> None:
+    """The option wins, then CONTAINER_HOST, then $XDG_RUNTIME_DIR/podman/podman.sock."""
+    s = settings.from_mapping({"socket": "/a/b.sock"})
+    env = {"CONTAINER_HOST": "unix:///c.sock", "XDG_RUNTIME_DIR": "/run/user/7"}
+    assert service.candidate(s, env) == ("unix:///a/b.sock", "[podman_rootless] socket")
+    s = settings.Settings()
+    assert service.candidate(s, env) == ("unix:///c.sock", "CONTAINER_HOST")
+    assert service.candidate(s, {"XDG_RUNTIME_DIR": "/run/user/7"}) == (
+        "unix:///run/user/7/podman/podman.sock",
+        "XDG_RUNTIME_DIR",
+    )
+    url, why = service.candidate(s, {})
+    assert url is None
+    assert "XDG_RUNTIME_DIR is not set" in why
+
+
+def test_runtime_base_prefers_private_xdg(tmp_path: Path) -> None:
+    """A 0700 XDG_RUNTIME_DIR of the user's is used; an open one is not."""
+    xdg = tmp_path / "xdg"
+    xdg.mkdir(mode=0o700)
+    xdg.chmod(0o700)
+    assert service.runtime_base(settings.Settings(), {"XDG_RUNTIME_DIR": str(xdg)}) == str(xdg)
+    xdg.chmod(0o755)
+    base = service.runtime_base(settings.Settings(), {"XDG_RUNTIME_DIR": str(xdg)})
+    assert base.endswith(f"miniwdl-podman-{os.geteuid()}")
+    assert (os.stat(base).st_mode & 0o777) == 0o700
+
+
+def test_runtime_dir_option_must_be_private(tmp_path: Path) -> None:
+    """A configured runtime_dir that others can enter is refused with the chmod fix."""
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o755)
+    s = settings.from_mapping({"runtime_dir": str(open_dir)})
+    with pytest.raises(PodmanUnavailable) as info:
+        service.runtime_base(s, {})
+    assert f"chmod 700 {open_dir}" in str(info.value)
+
+
+def test_private_service_refuses_too_long_socket_path(tmp_path: Path) -> None:
+    """A base dir too deep for sockaddr_un is refused before anything is created."""
+    deep = tmp_path / ("x" * 100)
+    deep.mkdir()
+    with pytest.raises(PodmanUnavailable) as info:
+        service.PrivateService("podman", str(deep))
+    assert "runtime_dir" in str(info.value)
+    assert list(deep.iterdir()) == []
+
+
+def test_ping_of_nothing_is_false(tmp_path: Path) -> None:
+    """ping() answers False (not an exception) when nothing listens."""
+    assert engine.ping(f"unix://{tmp_path}/none.sock", timeout=1) is False
+
+
+def test_pool_size_covers_one_wait_per_task() -> None:
+    """The connection pool holds a blocking wait per concurrent task plus headroom."""
+    assert engine.pool_size_for(64) >= 64 + 8
+    assert engine.pool_size_for(1) >= 16
+
+
+def test_scheduler_never_oversubscribes() -> None:
+    """Reservations of 2 cpu on a 2-cpu scheduler run one at a time."""
+    sched = resources.Scheduler(cpu=2, mem_bytes=1 << 30)
+    active = []
+    peak = []
+    lock = threading.Lock()
+
+    def task() -> None:
+        with sched.reserve(2, 1 << 20):
+            with lock:
+                active.append(1)
+                peak.append(len(active))
+            time.sleep(0.02)
+            with lock:
+                active.pop()
+
+    threads = [threading.Thread(target=task) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert max(peak) == 1
+
+
+def test_host_limits_are_positive() -> None:
+    """Host limits report at least one CPU and some memory."""
+    limits = resources.host_limits()
+    assert limits["cpu"] >= 1
+    assert limits["mem_bytes"] > 0

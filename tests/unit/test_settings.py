@@ -1,0 +1,63 @@
+"""Settings: defaults, validation and reading through miniwdl's real config loader."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from WDL.runtime import config
+
+from miniwdl_podman import settings
+from miniwdl_podman.errors import ConfigError
+
+
+def test_defaults_are_documented_and_match_the_dataclass() -> None:
+    """Every option has a default that parses to the dataclass's own default."""
+    parsed = settings.from_mapping({})
+    assert parsed == settings.Settings()
+    assert set(settings.DEFAULTS) <= set(settings.Settings.__dataclass_fields__)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "needle"),
+    [
+        ("service", "sometimes", "choose one of auto, private, external"),
+        ("pull", "if-needed", "choose one of missing, always, never"),
+        ("api_timeout", "-3", "positive number of seconds"),
+        ("service_start_timeout", "soon", "positive number of seconds"),
+        ("wait_interval", "20", "duration such as 20ms"),
+        ("init", "maybe", "expected true or false"),
+    ],
+)
+def test_invalid_values_name_option_and_env_var(option: str, value: str, needle: str) -> None:
+    """An invalid value raises ConfigError naming the option, the bad value and the env var."""
+    with pytest.raises(ConfigError) as info:
+        settings.from_mapping({option: value})
+    msg = str(info.value)
+    assert f"[podman_rootless] {option} = {value!r}" in msg
+    assert needle in msg
+    assert f"MINIWDL__PODMAN_ROOTLESS__{option.upper()}" in msg
+
+
+def test_load_reads_config_file_and_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """load() honours the config file, env overrides it, and miniwdl's command_shell is read."""
+    cfg_file = tmp_path / "my.cfg"
+    cfg_file.write_text(
+        "[podman_rootless]\npull = never\nnetwork = none\n[task_runtime]\ncommand_shell = /bin/sh\n"
+    )
+    monkeypatch.setenv("MINIWDL__PODMAN_ROOTLESS__WAIT_INTERVAL", "50ms")
+    cfg = config.Loader(logging.getLogger("test"), [str(cfg_file)])
+    s = settings.load(cfg)
+    assert s.pull == "never"
+    assert s.network == "none"
+    assert s.wait_interval == "50ms"
+    assert s.command_shell == "/bin/sh"
+    assert s.service == "auto"
+
+
+def test_settings_are_frozen() -> None:
+    """Settings cannot be changed after loading."""
+    s = settings.Settings()
+    with pytest.raises(AttributeError):
+        s.pull = "always"  # type: ignore[misc]
