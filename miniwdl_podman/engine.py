@@ -34,7 +34,13 @@ from WDL.runtime.error import Terminated
 from . import images as images_mod
 from . import service as service_mod
 from ._logging import notice
-from .errors import ContainerFailed, ImagePullFailed, Interrupted, PodmanUnavailable
+from .errors import (
+    ContainerFailed,
+    ImagePullFailed,
+    Interrupted,
+    PodmanUnavailable,
+    hint_for,
+)
 from .settings import SECTION, Settings
 from .spec import ContainerSpec
 
@@ -367,8 +373,8 @@ class Engine:
                         f"Podman API service at {self.url} stopped answering: {_explain(exn)}"
                     ) from None
                 raise ContainerFailed(
-                    f"Podman could not create the task container: {_explain(exn)}"
-                    "; run `miniwdl-podman doctor` for a diagnosis"
+                    f"Podman could not create the task container: {_explain(exn)};"
+                    f" {hint_for(_explain(exn))}"
                 ) from None
         answer = resp.json()
         cid = str(answer["Id"])
@@ -385,8 +391,8 @@ class Engine:
         except APIError as exn:
             logger.error(_("podman start failed", name=spec.name, error=_explain(exn)))
             raise ContainerFailed(
-                f"Podman could not start the task container: {_explain(exn)}"
-                "; run `miniwdl-podman doctor` for a diagnosis"
+                f"Podman could not start the task container: {_explain(exn)};"
+                f" {hint_for(_explain(exn))}"
             ) from None
         notice(logger, _("podman container started", name=spec.name, id=cid[:12]))
 

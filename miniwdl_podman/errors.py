@@ -8,6 +8,8 @@ ever reaches miniwdl, and miniwdl prints one line instead of a traceback.
 
 from __future__ import annotations
 
+from typing import Tuple
+
 from WDL import Error
 from WDL.runtime.error import DownloadFailed, Interrupted
 
@@ -44,3 +46,46 @@ class ImagePullFailed(DownloadFailed):
     def __init__(self, image: str, message: str) -> None:
         super().__init__(image, message)
         self.image = image
+
+
+# Known Podman failure texts (as the API returns them) and the fix to print with them.
+_HINTS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
+    (
+        ("cgroups in hybrid mode", "crun"),
+        "this host's cgroup setup needs the runc runtime: install runc and set"
+        ' `[engine] runtime = "runc"` in ~/.config/containers/containers.conf',
+    ),
+    (
+        ("/dev/net/tun", "slirp4netns", "pasta"),
+        "rootless networking failed: set [podman_rootless] network = none if tasks need no"
+        " network, or ask an administrator to make /dev/net/tun usable (chmod 666 /dev/net/tun)",
+    ),
+    (
+        ("newuidmap", "newgidmap"),
+        "install the uidmap package (newuidmap/newgidmap) so rootless Podman can map ids",
+    ),
+    (
+        ("/etc/subuid", "/etc/subgid", "subuid"),
+        "your user needs a subordinate uid/gid range: ask an administrator to run"
+        " `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER`,"
+        " then run `podman system migrate`",
+    ),
+    (
+        ("no space left on device",),
+        "Podman's storage is full: `podman system prune` or free space on its graphroot"
+        " (`podman info --format {{.Store.GraphRoot}}`)",
+    ),
+)
+
+GENERIC_HINT = (
+    "check that `podman run --rm IMAGE true` works as you (see the README's troubleshooting)"
+)
+
+
+def hint_for(message: str) -> str:
+    """The fix for a Podman error message, or the generic advice when it is not a known one."""
+    lower = message.lower()
+    for needles, hint in _HINTS:
+        if any(n.lower() in lower for n in needles):
+            return hint
+    return GENERIC_HINT

@@ -24,7 +24,7 @@ import tempfile
 import time
 from typing import Callable, Mapping, Optional, Tuple
 
-from .errors import PodmanUnavailable
+from .errors import GENERIC_HINT, PodmanUnavailable, hint_for
 from .settings import SECTION, Settings
 
 SOCKET_NAME = "podman.sock"
@@ -150,19 +150,28 @@ class PrivateService:
         while True:
             if os.path.exists(self.socket_path) and probe(self.url):
                 return
-            if self._proc.poll() is not None or time.monotonic() > deadline:
+            exited = self._proc.poll() is not None
+            if exited or time.monotonic() > deadline:
                 why = (
                     f"exited with status {self._proc.returncode}"
-                    if self._proc.poll() is not None
+                    if exited
                     else f"did not answer within {timeout:g} s"
                 )
                 tail = self.log_tail()
                 self.stop()
+                if tail and hint_for(tail) != GENERIC_HINT:
+                    fix = hint_for(tail)
+                elif exited:
+                    fix = "check that `podman info` works as you"
+                else:
+                    fix = (
+                        "check that `podman info` works as you, or raise"
+                        f" [{SECTION}] service_start_timeout if the host is just slow"
+                    )
                 raise PodmanUnavailable(
                     f"private Podman API service ({exe} system service) {why}"
                     + (f": {tail}" if tail else "")
-                    + "; run `miniwdl-podman doctor` or check that `podman info` works as this"
-                    f" user (raise [{SECTION}] service_start_timeout if the host is just slow)"
+                    + f"; {fix}"
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.2)

@@ -433,3 +433,44 @@ def test_too_long_runtime_dir_fails_naming_the_option(miniwdl: Miniwdl, tmp_path
     last = res.stderr.strip().splitlines()[-1]
     assert "too long a path for a unix socket" in last
     assert "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR" in last
+
+
+def test_copy_input_files_mode_runs_with_copies(miniwdl: Miniwdl, tmp_path: Path) -> None:
+    """With [file_io] copy_input_files the task sees copies, and the original is untouched."""
+    src = tmp_path / "in put.txt"
+    src.write_text("original\n")
+    before = snapshot([src])
+    res = miniwdl.run(
+        ECHO_WDL,
+        f"image={BASE_IMAGE}",
+        f"f={src}",
+        env={"MINIWDL__FILE_IO__COPY_INPUT_FILES": "true"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    (copied,) = res.outputs["echo.copied"]
+    assert Path(copied).read_text() == "original\n"
+    assert snapshot([src]) == before
+    assert foreign_owned(res.run_dir) == []
+
+
+def test_retry_runs_in_fresh_work_dir_and_succeeds(miniwdl: Miniwdl) -> None:
+    """A task failing its first attempt is retried (maxRetries) in work2/ and its output used."""
+    wdl = """
+version 1.2
+task flaky {
+    input { String image }
+    command <<<
+        echo "attempt ~{task.attempt}" > out.txt
+        if [ ~{task.attempt} -eq 0 ]; then exit 1; fi
+    >>>
+    output { String out = read_string("out.txt") }
+    requirements { container: image  max_retries: 1 }
+}
+"""
+    res = miniwdl.run(wdl, f"image={BASE_IMAGE}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["flaky.out"] == "attempt 1"
+    task_dir = next(res.run_dir.glob("*_flaky"))
+    assert (task_dir / "work" / "out.txt").read_text() == "attempt 0\n"
+    assert (task_dir / "work2" / "out.txt").read_text() == "attempt 1\n"
+    assert foreign_owned(res.run_dir) == []

@@ -1,0 +1,30 @@
+"""Known Podman failure texts map to the fix users need."""
+
+from __future__ import annotations
+
+import pytest
+
+from miniwdl_podman.errors import GENERIC_HINT, hint_for
+
+
+@pytest.mark.parametrize(
+    ("message", "needle"),
+    [
+        ("crun: cgroups in hybrid mode not supported, drop all controllers", 'runtime = "runc"'),
+        ("slirp4netns failed: open(/dev/net/tun): Permission denied", "network = none"),
+        ("cannot find newuidmap: exec: not found", "uidmap package"),
+        (
+            "keep-id requires additional UIDs or GIDs defined in /etc/subuid",
+            "usermod --add-subuids",
+        ),
+        ("writing blob: no space left on device", "podman system prune"),
+    ],
+)
+def test_known_failures_get_their_fix(message: str, needle: str) -> None:
+    """Each known Podman failure text gets a hint naming the concrete fix."""
+    assert needle in hint_for(message)
+
+
+def test_unknown_failure_gets_generic_advice() -> None:
+    """An unknown message gets the generic advice, never an empty hint."""
+    assert hint_for("something new went wrong") == GENERIC_HINT
