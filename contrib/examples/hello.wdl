@@ -27,10 +27,10 @@ task greet {
     }
     command <<<
         set -euo pipefail
-        echo "Hello, ~{name}! (uid $(id -u) in the container)" > greeting.txt
+        echo "Hello, ~{name}! (uid $(id -u) in the container)" > "~{name}.txt"
     >>>
     output {
-        File greeting = "greeting.txt"
+        File greeting = "~{name}.txt"
     }
     runtime {
         container: image
