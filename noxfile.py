@@ -45,7 +45,7 @@ def tests(session: nox.Session) -> None:
     if os.geteuid() == 0:
         session.error("run as an unprivileged user with rootless Podman, or use `nox -s rootless`")
     session.install("-e", ".[test]")
-    session.run("pytest", "--fail-on-skip", "tests", *session.posargs)
+    session.run("pytest", "--fail-on-skip", "tests", *session.posargs)  # not single_uid
 
 
 @nox.session(python=False)

@@ -14,6 +14,7 @@ import atexit
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from contextlib import ExitStack
 from typing import Callable, ClassVar, Dict, List, Optional
 
@@ -21,12 +22,12 @@ from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.task_container import TaskContainer
 
-from . import __version__, resources
+from . import __version__, identity, ownership, resources
 from . import mounts as mounts_mod
 from . import settings as settings_mod
 from . import spec as spec_mod
 from ._logging import notice
-from .engine import Engine, pool_size_for
+from .engine import Engine, ImageRef, pool_size_for
 from .errors import ContainerFailed, PodmanError
 
 
@@ -39,6 +40,9 @@ class PodmanRootless(TaskContainer):
     _scheduler: ClassVar[Optional[resources.Scheduler]] = None
     _init_lock: ClassVar[threading.Lock] = threading.Lock()
     _init_error: ClassVar[Optional[PodmanError]] = None
+    _host_ids: ClassVar[Optional[identity.HostIds]] = None
+    _selinux_enforcing: ClassVar[bool] = False
+    _identities: ClassVar[Dict[str, Future[identity.Identity]]] = {}
 
     _bind_input_files: bool = True
 
@@ -64,6 +68,8 @@ class PodmanRootless(TaskContainer):
         cls._engine = engine
         atexit.register(cls._shutdown, engine, logger)
         cls.detect_resource_limits(cfg, logger)
+        cls._host_ids = identity.host_ids(engine.info, os.geteuid(), os.getegid())
+        cls._selinux_enforcing = mounts_mod.selinux_enforcing()
         notice(
             logger,
             _(
@@ -71,8 +77,29 @@ class PodmanRootless(TaskContainer):
                 version=__version__,
                 network=settings.network or "podman default",
                 pull=settings.pull,
+                selinux=settings.selinux,
+                selinux_enforcing=cls._selinux_enforcing,
+                subuids=cls._host_ids.subuids,
             ),
         )
+        if cls._host_ids.single_uid:
+            logger.warning(
+                _(
+                    "single-uid mode: your user has no subordinate uid/gid range, so tasks run as"
+                    " container root (which is you) and images with a non-root USER, or with"
+                    " files owned by several users, cannot run; " + identity.SUBUID_FIX,
+                    uid=cls._host_ids.uid,
+                )
+            )
+        if cls._selinux_enforcing and settings.selinux != "disable":
+            logger.warning(
+                _(
+                    "SELinux is enforcing and containers are confined: inputs must carry a label"
+                    " containers may read (they are never relabelled); if tasks get 'Permission"
+                    " denied', set [podman_rootless] selinux = disable",
+                    selinux=settings.selinux,
+                )
+            )
 
     @staticmethod
     def _shutdown(engine: Engine, logger: logging.Logger) -> None:
@@ -101,7 +128,100 @@ class PodmanRootless(TaskContainer):
         # a retry gets a fresh work dir, so it must copy or bind the inputs again
         self._bind_input_files = True
 
-    def _prepare_mounts(self) -> List[mounts_mod.Mount]:
+    def _identity(self, image: str, ref: ImageRef, logger: logging.Logger) -> identity.Identity:
+        """The task's identity for this image, worked out once per image per process."""
+        engine, settings, host = self._engine, self._settings, self._host_ids
+        assert engine is not None and settings is not None and host is not None
+        with self._init_lock:
+            fut = self._identities.get(ref.id)
+            owner = fut is None
+            if fut is None:
+                fut = self._identities[ref.id] = Future()
+        if not owner:
+            return fut.result()
+        try:
+            user = identity.ImageUser(spec=ref.user, resolved=False)
+            home_exists = None
+            if not (user.is_root or settings.as_user or host.single_uid):
+                with engine.image_probe(ref.id, logger) as probe:
+                    user = identity.resolve_image_user(
+                        image, ref.user, probe.read("/etc/passwd"), probe.read("/etc/group")
+                    )
+                    if user.home and user.home != "/":
+                        home_exists = probe.exists(user.home)
+            ans = identity.plan(host, image, user, settings.as_user, home_exists)
+        except BaseException as exn:
+            fut.set_exception(exn)
+            raise
+        fut.set_result(ans)
+        logger.info(
+            _(
+                "task identity",
+                image=image,
+                image_user=ref.user,
+                mode=ans.mode,
+                userns=ans.userns or "rootless default (container root = you)",
+                user=ans.user,
+                home=ans.home,
+            )
+        )
+        return ans
+
+    def _settle_ownership(self, logger: logging.Logger) -> None:
+        """Give back files the task left owned by other uids, or fail the task naming them.
+
+        Always, whatever ``[file_io] chown`` says: miniwdl itself chmods the whole run directory
+        after a task and fails with a traceback on any file the user does not own.
+        """
+        engine = self._engine
+        assert engine is not None
+        roots = [self.host_work_dir(), self.host_stdout_txt(), self.host_stderr_txt()]
+        foreign = ownership.foreign_paths(roots, os.geteuid(), os.getegid())
+        if not foreign:
+            return
+        error = engine.unshare_chown(foreign)
+        still = ownership.foreign_paths(foreign, os.geteuid(), os.getegid())
+        if still:
+            raise PodmanError(
+                f"the task left {len(still)} files owned by other users"
+                f" ({ownership.describe(still)}) that could not be given back to you:"
+                f" {error or 'unknown error'}; remove them with `podman unshare rm -rf PATH`"
+            )
+        logger.warning(
+            _(
+                "task left files owned by other users (e.g. chown or tar -x as container root);"
+                " gave them back to you with `podman unshare chown`",
+                count=len(foreign),
+                files=ownership.describe(foreign),
+            )
+        )
+
+    def _explain_failure(self, logger: logging.Logger) -> None:
+        """On an SELinux-enforcing host with confined containers, explain 'Permission denied'."""
+        settings = self._settings
+        if not (self._selinux_enforcing and settings and settings.selinux != "disable"):
+            return
+        try:
+            with open(self.host_stderr_txt(), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                tail = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            return
+        if "permission denied" in tail.lower():
+            logger.error(
+                _(
+                    "the task hit 'Permission denied' on an SELinux-enforcing host with confined"
+                    " containers; inputs are never relabelled, so set [podman_rootless] selinux ="
+                    " disable (env MINIWDL__PODMAN_ROOTLESS__SELINUX=disable), or label the inputs"
+                    " for containers (chcon -t container_file_t ...)",
+                    selinux=settings.selinux,
+                )
+            )
+
+    def _prepare_mounts(
+        self, relabel: Optional[str], tmpfs: Optional[str]
+    ) -> List[mounts_mod.Mount]:
         """Create the host mount points (owned by the invoking user) and plan the mounts."""
         self.touch_mount_point(self.host_stdout_txt())
         self.touch_mount_point(self.host_stderr_txt())
@@ -117,7 +237,9 @@ class PodmanRootless(TaskContainer):
             host_stderr=self.host_stderr_txt(),
             host_command=os.path.join(self.host_dir, "command"),
         )
-        return mounts_mod.plan(paths, self.input_path_map, self._bind_input_files)
+        return mounts_mod.plan(
+            paths, self.input_path_map, self._bind_input_files, relabel=relabel, tmpfs=tmpfs
+        )
 
     def _run(self, logger: logging.Logger, terminating: Callable[[], bool], command: str) -> int:
         engine, settings, scheduler = self._engine, self._settings, self._scheduler
@@ -145,7 +267,9 @@ class PodmanRootless(TaskContainer):
             image = self.runtime_values.get("docker") or self.cfg.get_dict(
                 "task_runtime", "defaults"
             ).get("docker", "ubuntu:22.04")
-            image_id = engine.ensure_image(image, logger)
+            ref = engine.ensure_image(image, logger)
+            ident = self._identity(image, ref, logger)
+            security_opt, relabel = mounts_mod.selinux_plan(settings.selinux)
 
             with open(os.path.join(self.host_dir, "command"), "w") as outfile:
                 outfile.write(command)
@@ -154,9 +278,11 @@ class PodmanRootless(TaskContainer):
                 run_id=self.run_id,
                 task_dir=self.host_dir,
                 try_counter=self.try_counter,
-                image=image_id,
+                image=ref.id,
                 container_dir=self.container_dir,
-                mounts=self._prepare_mounts(),
+                mounts=self._prepare_mounts(relabel, ident.home_tmpfs),
+                identity=ident,
+                security_opt=security_opt,
                 env=self.runtime_values.get("env", {}),
                 privileged=bool(self.runtime_values.get("privileged", False)),
             )
@@ -165,16 +291,23 @@ class PodmanRootless(TaskContainer):
                     "podman container spec",
                     name=spec.name,
                     image=image,
-                    userns=spec.identity.userns,
+                    identity=ident.mode,
+                    user=ident.user,
                     mounts=len(spec.mounts),
                     network=spec.network or "default",
+                    security_opt=spec.security_opt,
+                    relabel=relabel,
                 )
             )
             poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
-            return engine.run(
+            exit_code = engine.run(
                 spec,
                 logger,
                 terminating,
                 poll=poll_stderr,
                 running=lambda: cleanup.enter_context(self.task_running_context()),
             )
+        self._settle_ownership(logger)
+        if not self.success_exit_code(exit_code):
+            self._explain_failure(logger)
+        return exit_code

@@ -17,13 +17,18 @@ rendered by podman-py's own ``CreateMixin._render_payload``.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
+import shutil
+import subprocess
+import tarfile
 import threading
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Dict, List, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from podman import PodmanClient, api
 from podman.domain.containers_create import CreateMixin
@@ -42,7 +47,7 @@ from .errors import (
     hint_for,
 )
 from .settings import SECTION, Settings
-from .spec import ContainerSpec
+from .spec import LABEL_PROBE, ContainerSpec
 
 # (connect, read) timeout for requests that legitimately block for as long as the task runs
 _UNBOUNDED = (30.0, None)
@@ -83,6 +88,37 @@ def _is_transient(exn: APIError) -> bool:
     )
 
 
+class ImageProbe:
+    """Read-only questions about an image's file system, answered from an unstarted container."""
+
+    def __init__(self, client: PodmanClient, cid: str) -> None:
+        self.client = client
+        self.cid = cid
+
+    def read(self, path: str, limit: int = 1 << 20) -> Optional[str]:
+        """The text of a regular file in the image (None if absent or not a file)."""
+        try:
+            resp = self.client.api.get(f"/containers/{self.cid}/archive", params={"path": path})
+            resp.raise_for_status()
+        except APIError:
+            return None
+        with tarfile.open(fileobj=io.BytesIO(resp.content[: limit + 65536])) as tar:
+            for member in tar:
+                if member.isfile():
+                    f = tar.extractfile(member)
+                    if f is not None:
+                        return f.read(limit).decode("utf-8", errors="replace")
+        return None
+
+    def exists(self, path: str) -> bool:
+        """Whether ``path`` exists in the image."""
+        try:
+            resp = self.client.api.head(f"/containers/{self.cid}/archive", params={"path": path})
+        except APIError:
+            return False
+        return bool(resp.status_code == 200)
+
+
 def ping(url: str, timeout: float = 3.0) -> bool:
     """Whether a Podman API service answers at ``url``."""
     try:
@@ -90,6 +126,14 @@ def ping(url: str, timeout: float = 3.0) -> bool:
             return bool(client.ping())
     except Exception:
         return False
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """An image in the local store: its id and the user its config runs as."""
+
+    id: str
+    user: str = ""
 
 
 class Engine:
@@ -106,7 +150,7 @@ class Engine:
         self._client: Optional[PodmanClient] = None
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
-        self._images: Dict[str, Future[str]] = {}
+        self._images: Dict[str, Future[ImageRef]] = {}
         self._live: Dict[str, str] = {}  # container id -> name, for cleanup at exit
 
     # -- connection ---------------------------------------------------------------------------
@@ -210,8 +254,8 @@ class Engine:
 
     # -- images -------------------------------------------------------------------------------
 
-    def ensure_image(self, image: str, logger: logging.Logger) -> str:
-        """The id of ``image`` in the local store, pulling it once per process if needed."""
+    def ensure_image(self, image: str, logger: logging.Logger) -> ImageRef:
+        """``image`` in the local store, pulling it once per process if needed."""
         with self._lock:
             fut = self._images.get(image)
             owner = fut is None
@@ -219,20 +263,18 @@ class Engine:
                 fut = self._images[image] = Future()
         if not owner:
             t0 = time.monotonic()
-            image_id = fut.result()
-            logger.info(
-                _("image ready", image=image, id=image_id[:12], waited=time.monotonic() - t0)
-            )
-            return image_id
+            ref = fut.result()
+            logger.info(_("image ready", image=image, id=ref.id[:12], waited=time.monotonic() - t0))
+            return ref
         try:
-            image_id = self._resolve_image(image, logger)
+            ref = self._resolve_image(image, logger)
         except BaseException as exn:
             fut.set_exception(exn)
             raise
-        fut.set_result(image_id)
-        return image_id
+        fut.set_result(ref)
+        return ref
 
-    def _inspect_image_id(self, ref: str) -> Optional[str]:
+    def _inspect_image(self, ref: str) -> Optional[ImageRef]:
         try:
             resp = self.client.api.get(f"/images/{ref}/json")
             resp.raise_for_status()
@@ -242,10 +284,14 @@ class Engine:
             if exn.status_code in (400, 404):
                 return None
             raise
-        ans = resp.json().get("Id")
-        return str(ans) if ans else None
+        attrs = resp.json()
+        if not attrs.get("Id"):
+            return None
+        return ImageRef(
+            id=str(attrs["Id"]), user=str((attrs.get("Config") or {}).get("User") or "")
+        )
 
-    def _resolve_image(self, image: str, logger: logging.Logger) -> str:
+    def _resolve_image(self, image: str, logger: logging.Logger) -> ImageRef:
         try:
             images_mod.validate(image)
         except Exception as exn:
@@ -253,9 +299,11 @@ class Engine:
         policy = self.settings.pull
         try:
             if policy != "always":
-                local = self._inspect_image_id(image)
+                local = self._inspect_image(image)
                 if local:
-                    logger.info(_("image in local store", image=image, id=local[:12]))
+                    logger.info(
+                        _("image in local store", image=image, id=local.id[:12], user=local.user)
+                    )
                     return local
                 if policy == "never":
                     raise ImagePullFailed(
@@ -264,7 +312,11 @@ class Engine:
                         f" [{SECTION}] pull = never; `podman pull {image}` first, or set"
                         f" [{SECTION}] pull = missing",
                     )
-            return self._pull(image, logger)
+            image_id = self._pull(image, logger)
+            pulled = self._inspect_image(image_id)
+            if pulled is None:
+                raise ImagePullFailed(image, f"pulled image {image} vanished from the store")
+            return pulled
         except APIError as exn:
             logger.error(_("podman image lookup failed", image=image, error=_explain(exn)))
             raise ImagePullFailed(
@@ -320,6 +372,61 @@ class Engine:
         )
         return image_id
 
+    @contextlib.contextmanager
+    def image_probe(self, image_id: str, logger: logging.Logger) -> Iterator[ImageProbe]:
+        """An unstarted container of the image, to read files and test paths; removed after."""
+        name = f"miniwdl-probe-{image_id[:12]}-{os.getpid()}-{threading.get_ident() % 100000}"
+        try:
+            resp = self.client.api.post(
+                "/containers/create",
+                headers={"content-type": "application/json"},
+                data=api.prepare_body(
+                    CreateMixin._render_payload(
+                        {
+                            "image": image_id,
+                            "command": ["true"],
+                            "name": name,
+                            "network_mode": "none",
+                            "labels": {LABEL_PROBE: "1"},
+                        }
+                    )
+                ),
+            )
+            resp.raise_for_status()
+        except APIError as exn:
+            raise ContainerFailed(
+                f"Podman could not inspect the files of image {image_id[:12]}: {_explain(exn)};"
+                f" {hint_for(_explain(exn))}"
+            ) from None
+        cid = str(resp.json()["Id"])
+        try:
+            yield ImageProbe(self.client, cid)
+        finally:
+            self._remove(cid, name, logger, running=False)
+
+    def unshare_chown(self, paths: List[str]) -> Optional[str]:
+        """Give ``paths`` back to the invoking user via ``podman unshare chown``; error or None.
+
+        Inside ``podman unshare`` the invoking user is root and subordinate ids are visible, so
+        files a task left owned by other (subordinate) uids can be chowned to 0:0, which is the
+        invoking user on the host. This runs no container.
+        """
+        exe = shutil.which(self.settings.podman) or self.settings.podman
+        for i in range(0, len(paths), 500):
+            chunk = paths[i : i + 500]
+            try:
+                proc = subprocess.run(
+                    [exe, "unshare", "chown", "-h", "0:0", "--", *chunk],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                )
+            except (OSError, subprocess.SubprocessError) as exn:
+                return str(exn)
+            if proc.returncode != 0:
+                return proc.stderr.strip() or f"exit status {proc.returncode}"
+        return None
+
     # -- containers ---------------------------------------------------------------------------
 
     def run(
@@ -346,9 +453,25 @@ class Engine:
                 self._remove(cid, spec.name, logger, running=not exited)
 
     def _create(self, spec: ContainerSpec, logger: logging.Logger) -> str:
-        body = api.prepare_body(
-            CreateMixin._render_payload({"image": spec.image, **spec.create_kwargs()})
+        payload = CreateMixin._render_payload({"image": spec.image, **spec.create_kwargs()})
+        logger.debug(
+            _(
+                "podman create request",
+                name=spec.name,
+                userns=payload.get("userns"),
+                user=payload.get("user"),
+                selinux_opts=payload.get("selinux_opts"),
+                mounts=[
+                    {
+                        "source": m["source"],
+                        "destination": m["destination"],
+                        "options": m["options"],
+                    }
+                    for m in payload.get("mounts") or []
+                ],
+            )
         )
+        body = api.prepare_body(payload)
         for attempt in range(1, _CREATE_TRIES + 1):
             try:
                 # Podman 4.3 computes keep-id mappings racily under concurrent creates (500

@@ -13,25 +13,67 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional, Tuple
 
 from WDL import Error
 
 
 @dataclass(frozen=True)
 class Mount:
-    """One bind mount of a host path into the container."""
+    """One mount into the container: a bind of a host path, or a private tmpfs."""
 
     source: str
     target: str
     read_only: bool
+    relabel: Optional[str] = None  # SELinux: "z" (shared) or "Z" (private); None: no relabel
+    kind: str = "bind"  # bind | tmpfs
 
     def as_podman(self) -> Dict[str, object]:
-        """The podman-py ``mounts=[...]`` form (sent to libpod as options ``["ro"]`` or ``[]``)."""
+        """The podman-py ``mounts=[...]`` form (libpod options ``["ro", "z"]`` etc.)."""
+        if self.kind == "tmpfs":
+            # mode 1777 like /tmp: writable whatever uid the task runs as inside
+            return {"type": "tmpfs", "source": "tmpfs", "target": self.target, "mode": "1777"}
         ans: Dict[str, object] = {"type": "bind", "source": self.source, "target": self.target}
         if self.read_only:
             ans["read_only"] = True
+        if self.relabel:
+            ans["relabel"] = self.relabel
         return ans
+
+
+SELINUX_MODES = ("disable", "shared", "private", "none")
+
+
+def selinux_plan(mode: str) -> Tuple[List[str], Optional[str]]:
+    """(security_opt, relabel for the mounts the backend owns) for ``[podman_rootless] selinux``.
+
+    - ``disable`` (default): the container runs with SELinux labelling disabled (libpod's
+      spelling through the API is ``disable``, not the CLI's ``label=disable``) and nothing is
+      relabelled, so shared inputs are never touched and are readable on an enforcing host.
+    - ``shared`` / ``private``: the container is confined; only what the backend owns (the
+      task's work dir, stdout/stderr, command) is relabelled ``z`` / ``Z``. Inputs are never
+      relabelled, so on an enforcing host they must already carry a label containers may read
+      (e.g. ``container_file_t``).
+    - ``none``: Podman's defaults: confined, no relabelling at all.
+    """
+    if mode == "disable":
+        return ["disable"], None
+    if mode == "shared":
+        return [], "z"
+    if mode == "private":
+        return [], "Z"
+    if mode == "none":
+        return [], None
+    raise ValueError(f"unknown selinux mode {mode!r}")
+
+
+def selinux_enforcing(path: str = "/sys/fs/selinux/enforce") -> bool:
+    """Whether SELinux is enforcing on this host."""
+    try:
+        with open(path) as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
 
 
 def check_path(path: str) -> None:
@@ -60,21 +102,26 @@ class TaskPaths:
 
 
 def plan(
-    paths: TaskPaths, input_path_map: Mapping[str, str], bind_inputs: bool = True
+    paths: TaskPaths,
+    input_path_map: Mapping[str, str],
+    bind_inputs: bool = True,
+    relabel: Optional[str] = None,
+    tmpfs: Optional[str] = None,
 ) -> List[Mount]:
     """The task container's bind mounts, in the order Podman should make them.
 
     ``input_path_map`` maps host input paths to container paths (directories with a trailing
     slash on both sides), as miniwdl's ``TaskContainer.add_paths`` maintains it. With
     ``bind_inputs`` false (``[file_io] copy_input_files``), the inputs were copied into the work
-    directory and are not mounted separately.
+    directory and are not mounted separately. ``relabel`` (SELinux ``z``/``Z``) applies only to
+    the mounts the backend owns, never to inputs. ``tmpfs``: a path to give a private tmpfs.
     """
     cdir = paths.container_dir
     ans = [
-        Mount(paths.host_command, os.path.join(cdir, "command"), read_only=True),
-        Mount(paths.host_stdout, os.path.join(cdir, "stdout.txt"), read_only=False),
-        Mount(paths.host_stderr, os.path.join(cdir, "stderr.txt"), read_only=False),
-        Mount(paths.host_work_dir, os.path.join(cdir, "work"), read_only=False),
+        Mount(paths.host_command, os.path.join(cdir, "command"), True, relabel),
+        Mount(paths.host_stdout, os.path.join(cdir, "stdout.txt"), False, relabel),
+        Mount(paths.host_stderr, os.path.join(cdir, "stderr.txt"), False, relabel),
+        Mount(paths.host_work_dir, os.path.join(cdir, "work"), False, relabel),
     ]
     if bind_inputs:
         # parents before children, so an input nested in another input's directory stays visible
@@ -85,4 +132,6 @@ def plan(
     for m in ans:
         check_path(m.source)
         check_path(m.target)
+    if tmpfs:
+        ans.append(Mount("tmpfs", tmpfs, read_only=False, kind="tmpfs"))
     return ans

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
 from .errors import ConfigError
+from .mounts import SELINUX_MODES
 
 SECTION = "podman_rootless"
 
@@ -31,6 +32,7 @@ DEFAULTS: Dict[str, Tuple[str, str]] = {
     "pull": ("missing", "missing: pull only absent images; always; never"),
     "network": ("", "container network mode; empty: Podman's rootless default; none: no network"),
     "init": ("true", "run an init process in the container so signals reach the command"),
+    "selinux": ("disable", "disable: no labels, nothing relabelled; shared (z); private (Z); none"),
 }
 
 _DURATION = re.compile(r"^[0-9]+(\.[0-9]+)?(ns|us|ms|s|m)$")
@@ -50,8 +52,10 @@ class Settings:
     pull: str = "missing"
     network: str = ""
     init: bool = True
+    selinux: str = "disable"
     # miniwdl's own options that the backend needs, read at the same time
     command_shell: str = "/bin/bash"
+    as_user: bool = False
 
 
 def _choice(name: str, value: str, choices: Tuple[str, ...]) -> str:
@@ -97,7 +101,11 @@ def _duration(name: str, value: str) -> str:
     return value
 
 
-def from_mapping(raw: Dict[str, str], command_shell: str = "/bin/bash") -> Settings:
+def from_mapping(
+    raw: Dict[str, str],
+    command_shell: str = "/bin/bash",
+    as_user: bool = False,
+) -> Settings:
     """Validate option strings (as a config file or env var spells them) into Settings."""
     get: Callable[[str], str] = lambda k: raw.get(k, DEFAULTS[k][0]).strip()  # noqa: E731
     values: Dict[str, Any] = {
@@ -111,7 +119,9 @@ def from_mapping(raw: Dict[str, str], command_shell: str = "/bin/bash") -> Setti
         "pull": _choice("pull", get("pull"), PULL_POLICIES),
         "network": get("network"),
         "init": _bool("init", get("init")),
+        "selinux": _choice("selinux", get("selinux"), SELINUX_MODES),
         "command_shell": command_shell,
+        "as_user": as_user,
     }
     return Settings(**values)
 
@@ -119,4 +129,8 @@ def from_mapping(raw: Dict[str, str], command_shell: str = "/bin/bash") -> Setti
 def load(cfg: Any) -> Settings:
     """Read every option from a miniwdl ``config.Loader`` (config file, env, defaults)."""
     raw = {key: cfg.get(SECTION, key, default) for key, (default, _) in DEFAULTS.items()}
-    return from_mapping(raw, command_shell=cfg.get("task_runtime", "command_shell", "/bin/bash"))
+    return from_mapping(
+        raw,
+        command_shell=cfg.get("task_runtime", "command_shell", "/bin/bash"),
+        as_user=cfg.get_bool("task_runtime", "as_user", False),
+    )

@@ -22,6 +22,7 @@ LABEL_RUN = f"{LABEL_PREFIX}.run_id"
 LABEL_PID = f"{LABEL_PREFIX}.pid"
 LABEL_HOST = f"{LABEL_PREFIX}.host"
 LABEL_TASK_DIR = f"{LABEL_PREFIX}.task_dir"
+LABEL_PROBE = f"{LABEL_PREFIX}.probe"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class ContainerSpec:
     network: str = ""
     init: bool = True
     privileged: bool = False
+    security_opt: List[str] = field(default_factory=list)
 
     def create_kwargs(self) -> Dict[str, Any]:
         """The keyword arguments for podman-py's ``containers.create`` (after the image)."""
@@ -47,13 +49,16 @@ class ContainerSpec:
             "command": list(self.command),
             "working_dir": self.working_dir,
             "mounts": [m.as_podman() for m in self.mounts],
-            "userns_mode": self.identity.userns,
             "environment": dict(self.environment),
             "labels": dict(self.labels),
             "init": self.init,
         }
+        if self.identity.userns:
+            ans["userns_mode"] = self.identity.userns
         if self.identity.user:
             ans["user"] = self.identity.user
+        if self.security_opt:
+            ans["security_opt"] = list(self.security_opt)
         if self.network:
             ans["network_mode"] = self.network
         if self.privileged:
@@ -86,13 +91,16 @@ def build(
     image: str,
     container_dir: str,
     mounts: Sequence[Mount],
+    identity: identity_mod.Identity,
+    security_opt: Sequence[str] = (),
     env: Optional[Mapping[str, str]] = None,
     privileged: bool = False,
-    uid: Optional[int] = None,
-    gid: Optional[int] = None,
 ) -> ContainerSpec:
     """Compute the ContainerSpec for one attempt of a task."""
     shell = settings.command_shell
+    environment = {str(k): str(v) for k, v in (env or {}).items()}
+    if identity.home and "HOME" not in environment:
+        environment["HOME"] = identity.home
     return ContainerSpec(
         name=container_name(run_id, try_counter),
         image=image,
@@ -101,12 +109,11 @@ def build(
         command=["/bin/sh", "-c", f"{shell} ../command >> ../stdout.txt 2>> ../stderr.txt"],
         working_dir=os.path.join(container_dir, "work"),
         mounts=list(mounts),
-        identity=identity_mod.plan(
-            os.geteuid() if uid is None else uid, os.getegid() if gid is None else gid
-        ),
-        environment={str(k): str(v) for k, v in (env or {}).items()},
+        identity=identity,
+        environment=environment,
         labels=labels(run_id, task_dir),
         network=settings.network,
         init=settings.init,
         privileged=privileged,
+        security_opt=list(security_opt),
     )

@@ -7,7 +7,7 @@ version 1.2
 workflow hello {
     input {
         Array[String] who
-        String image = "localhost/miniwdl-podman/busybox-bash:1"
+        String image = "localhost/miniwdl-podman/busybox-bash:2"
     }
     scatter (name in who) {
         call greet { input: name = name, image = image }

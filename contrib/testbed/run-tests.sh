@@ -13,9 +13,18 @@ tb_user_facts
 status=0
 tb_as_user bash -c 'cd "$0" && exec python -m pytest -p no:cacheprovider --fail-on-skip tests "$@"' \
     "$TB_SRC" "$@" || status=$?
-left=$(tb_as_user podman ps -a --format '{{.Names}}')
-if [ -n "$left" ]; then
-    tb_log "FAIL: containers left behind after the tests: $left"
-    [ $status != 0 ] || status=1
-fi
+# single-uid mode, for real: the same live tests' harness as a user with no subuid range
+(
+    TB_USER=$TB_NOSUB_USER
+    tb_user_facts
+    tb_as_user bash -c 'cd "$0" && exec python -m pytest -p no:cacheprovider --fail-on-skip \
+        -m single_uid tests/live "$@"' "$TB_SRC" "$@"
+) || status=$?
+for user in "$TB_USER" "$TB_NOSUB_USER"; do
+    left=$(TB_USER=$user; tb_user_facts; tb_as_user podman ps -a --format '{{.Names}}')
+    if [ -n "$left" ]; then
+        tb_log "FAIL: containers left behind by the tests of $user: $left"
+        [ $status != 0 ] || status=1
+    fi
+done
 exit $status

@@ -109,10 +109,31 @@ CONF
     tb_as_user python3 -c "import urllib.request; urllib.request.urlopen('http://$TB_REGISTRY/v2/', timeout=2)" \
         || tb_die "loopback registry did not come up on $TB_REGISTRY (see $regdir/registry.log)"
     tb_as_user podman push -q --tls-verify=false "$TB_BASE_IMAGE" \
-        "docker://$TB_REGISTRY/miniwdl-podman-test/pullme:1" >/dev/null
+        "docker://$TB_REGISTRY/miniwdl-podman-test/pullme:2" >/dev/null
 fi
 
-# 8. the proof: a rootless container runs as the user, with keep-id
+# 8. a second user with NO subordinate uid/gid range (like many LDAP users on HPC), for the
+#    single-uid tests; same container configuration, base image only
+if [ $minimal = 0 ]; then
+    nosub=$TB_NOSUB_USER
+    id "$nosub" >/dev/null 2>&1 || { tb_log "creating user $nosub (no subuids)"; useradd -m -s /bin/bash "$nosub"; }
+    sed -i "/^$nosub:/d" /etc/subuid /etc/subgid
+    nosub_uid=$(id -u "$nosub")
+    nosub_home=$(getent passwd "$nosub" | cut -d: -f6)
+    install -d -m 700 -o "$nosub" -g "$nosub" "/run/user/$nosub_uid"
+    install -d -o "$nosub" -g "$nosub" "$nosub_home/.config" "$nosub_home/.config/containers"
+    cp "$cfg/containers.conf" "$cfg/storage.conf" "$nosub_home/.config/containers/"
+    chown "$nosub:$nosub" "$nosub_home/.config/containers/"*.conf
+    chmod 755 "$TB_HOME"  # the no-subuid user runs the tests from the test user's venv and tree
+    (
+        TB_USER=$nosub
+        tb_user_facts
+        tb_as_user bash -c 'podman system migrate >/dev/null 2>&1 || true; bash "$0" --base-only' \
+            "$TB_SRC/contrib/testbed/make-images.sh"
+    )
+fi
+
+# 9. the proof: a rootless container runs as the user, with keep-id
 out=$(tb_as_user podman run --rm --network none --userns keep-id "$TB_BASE_IMAGE" id -u 2>&1) \
     || tb_die "rootless Podman cannot run a container as $TB_USER: $out"
 [ "$(printf '%s' "$out" | tail -n1)" = "$TB_UID" ] \

@@ -18,10 +18,10 @@ from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 
-BASE_IMAGE = "localhost/miniwdl-podman/busybox-bash:1"
-OFFLINE_IMAGE = "127.0.0.1:5999/miniwdl-podman-test/offline:1"
+BASE_IMAGE = "localhost/miniwdl-podman/busybox-bash:2"
+OFFLINE_IMAGE = "127.0.0.1:5999/miniwdl-podman-test/offline:2"
 REGISTRY = os.environ.get("MINIWDL_PODMAN_TEST_REGISTRY", "127.0.0.1:5000")
-PULL_IMAGE = f"{REGISTRY}/miniwdl-podman-test/pullme:1"
+PULL_IMAGE = f"{REGISTRY}/miniwdl-podman-test/pullme:2"
 LABEL_TASK_DIR = "io.github.miniwdl-podman.task_dir"
 SETUP_HINT = (
     "prepare this machine with `sudo bash contrib/testbed/setup.sh` and run the live tests as"

@@ -6,7 +6,7 @@ import pytest
 from podman.domain.containers_create import CreateMixin
 from WDL import Error
 
-from miniwdl_podman import mounts, settings, spec
+from miniwdl_podman import identity, mounts, settings, spec
 
 CDIR = "/mnt/miniwdl_task_container"
 PATHS = mounts.TaskPaths(
@@ -60,14 +60,13 @@ def _spec(**overrides: object) -> spec.ContainerSpec:
         image="sha256:abc",
         container_dir=CDIR,
         mounts=mounts.plan(PATHS, INPUTS),
+        identity=identity.Identity(userns=""),
         env={"FOO": "bar baz"},
-        uid=1234,
-        gid=1234,
     )
 
 
 def test_spec_renders_to_the_payload_libpod_expects() -> None:
-    """Mounts carry ["ro"] options, userns is keep-id, env and labels pass through, init on."""
+    """Mounts carry ["ro"] options, root images keep the default userns, env/labels pass, init."""
     payload = CreateMixin._render_payload({"image": "sha256:abc", **_spec().create_kwargs()})
     mounts_by_dest = {m["destination"]: m for m in payload["mounts"]}
     assert mounts_by_dest[f"{CDIR}/command"]["options"] == ["ro"]
@@ -75,7 +74,8 @@ def test_spec_renders_to_the_payload_libpod_expects() -> None:
     assert mounts_by_dest[f"{CDIR}/work/_miniwdl_inputs/0/a:b,c d.txt"]["source"] == (
         "/data/x/a:b,c d.txt"
     )
-    assert payload["userns"] == {"nsmode": "keep-id"}
+    assert "userns" not in payload
+    assert payload["user"] is None
     assert payload["env"] == {"FOO": "bar baz"}
     assert payload["init"] is True
     assert payload["work_dir"] == f"{CDIR}/work"

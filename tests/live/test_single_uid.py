@@ -1,0 +1,67 @@
+"""Single-uid mode, live: a user with no subordinate uid/gid range (run by ``nox -s rootless``
+as such a user; deselected elsewhere by ``-m 'not single_uid'``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Dict
+
+import pytest
+
+from .conftest import BASE_IMAGE, Miniwdl, foreign_owned
+
+pytestmark = [pytest.mark.podman, pytest.mark.single_uid]
+
+NOBODY_IMAGE = "localhost/miniwdl-podman/busybox-bash-nobody:2"
+WDL = """
+version 1.0
+task t {
+    input { String image }
+    command <<<
+        id -u > uid
+        mkdir -p out && echo hi > out/f.txt && echo home > "$HOME/h"
+    >>>
+    output {
+        Int uid = read_int("uid")
+        File f = "out/f.txt"
+    }
+    runtime { docker: image }
+}
+"""
+
+
+@pytest.fixture(autouse=True)
+def _no_subuids(rootless_podman: Dict[str, Any]) -> None:
+    maps = rootless_podman["host"]["idMappings"]["uidmap"]
+    if sum(m["size"] for m in maps) != 1:
+        pytest.fail("single-uid tests must run as a user with no subuid range (nox -s rootless)")
+
+
+def test_root_image_runs_as_container_root_owned_by_user(miniwdl: Miniwdl) -> None:
+    """Without subuids a root image runs (as container root = the user), outputs are the user's,
+    and the run log explains single-uid mode."""
+    res = miniwdl.run(WDL, f"image={BASE_IMAGE}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["t.uid"] == 0
+    assert foreign_owned(res.run_dir) == []
+    assert os.stat(res.outputs["t.f"]).st_uid == os.getuid()
+    assert "single-uid mode" in res.log()
+
+
+def test_user_image_fails_with_reason_and_fix(miniwdl: Miniwdl) -> None:
+    """An image with a non-root USER fails with one line: no subuid range, and how to get one."""
+    res = miniwdl.run(WDL, f"image={NOBODY_IMAGE}")
+    assert res.returncode != 0
+    assert "Traceback" not in res.stderr
+    last = res.stderr.strip().splitlines()[-1]
+    assert "runs as non-root user 'nobody'" in last
+    assert "no subordinate uid/gid range" in last
+    assert "usermod --add-subuids" in last
+
+
+def test_as_user_runs_user_image_as_container_root(miniwdl: Miniwdl) -> None:
+    """With [task_runtime] as_user = true the USER image runs, as container root (= the user)."""
+    res = miniwdl.run(WDL, f"image={NOBODY_IMAGE}", env={"MINIWDL__TASK_RUNTIME__AS_USER": "true"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["t.uid"] == 0
+    assert foreign_owned(res.run_dir) == []
