@@ -320,3 +320,33 @@ task t {
     if selinux_on == "true":
         sec = attrs["HostConfig"].get("SecurityOpt") or []
         assert ("label=disable" in sec) == (mode == "disable")
+
+
+def test_mount_tmpdir_gives_a_writable_tmpdir_in_the_work_dir(miniwdl: Miniwdl) -> None:
+    """[file_io] mount_tmpdir: TMPDIR lies in the task's work dir and the task can write it."""
+    wdl = """
+version 1.0
+task t {
+    input { String image }
+    command <<<
+        set -euo pipefail
+        echo "$TMPDIR" > tmpdir.txt
+        echo scratch > "$TMPDIR/scratch"
+        cat "$TMPDIR/scratch"
+    >>>
+    output {
+        String tmpdir = read_string("tmpdir.txt")
+        String out = read_string(stdout())
+    }
+    runtime { docker: image }
+}
+"""
+    res = miniwdl.run(
+        wdl,
+        "image=localhost/miniwdl-podman/user-app:2",
+        env={"MINIWDL__FILE_IO__MOUNT_TMPDIR": "true"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["t.tmpdir"] == "/mnt/miniwdl_task_container/work/_miniwdl_tmpdir"
+    assert res.outputs["t.out"] == "scratch"
+    assert foreign_owned(res.run_dir) == []
