@@ -64,6 +64,12 @@ class RunResult:
     outputs: Dict[str, Any]
     error: Optional[Dict[str, Any]]
 
+    def clean_failure_line(self) -> str:
+        """Assert the run failed without a traceback; return its last stderr line (the error)."""
+        assert self.returncode != 0, "the run should have failed"
+        assert "Traceback" not in self.stderr
+        return self.stderr.strip().splitlines()[-1]
+
     def log(self) -> str:
         """The run's whole log: its top-level workflow.log or task.log (all levels)."""
         for name in ("workflow.log", "task.log"):
