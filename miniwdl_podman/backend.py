@@ -43,6 +43,8 @@ class PodmanRootless(TaskContainer):
     _host_ids: ClassVar[Optional[identity.HostIds]] = None
     _selinux_enforcing: ClassVar[bool] = False
     _identities: ClassVar[Dict[str, Future[identity.Identity]]] = {}
+    _enforcement: ClassVar[resources.Enforcement] = resources.Enforcement(cpu=False, memory=False)
+    _limits_notice_done: ClassVar[bool] = False
 
     _bind_input_files: bool = True
 
@@ -69,6 +71,7 @@ class PodmanRootless(TaskContainer):
         atexit.register(cls._shutdown, engine, logger)
         cls.detect_resource_limits(cfg, logger)
         cls._host_ids = identity.host_ids(engine.info, os.geteuid(), os.getegid())
+        cls._enforcement = resources.enforcement(engine.info)
         cls._selinux_enforcing = mounts_mod.selinux_enforcing()
         notice(
             logger,
@@ -80,6 +83,8 @@ class PodmanRootless(TaskContainer):
                 selinux=settings.selinux,
                 selinux_enforcing=cls._selinux_enforcing,
                 subuids=cls._host_ids.subuids,
+                cpu_limits=cls._enforcement.cpu,
+                memory_limits=cls._enforcement.memory,
             ),
         )
         if cls._host_ids.single_uid:
@@ -241,20 +246,70 @@ class PodmanRootless(TaskContainer):
             paths, self.input_path_map, self._bind_input_files, relabel=relabel, tmpfs=tmpfs
         )
 
+    def _hard_limits(self, logger: logging.Logger, cpu: int, memory_limit: int) -> Dict[str, int]:
+        """Create kwargs for the hard limits this host enforces; say once what it cannot."""
+        enf = self._enforcement
+        unenforced = [
+            what
+            for what, asked, ok in (
+                ("cpu", cpu > 0, enf.cpu),
+                ("memory", memory_limit > 0, enf.memory),
+            )
+            if asked and not ok
+        ]
+        if unenforced:
+            with self._init_lock:
+                first = not PodmanRootless._limits_notice_done
+                PodmanRootless._limits_notice_done = True
+            if first:
+                logger.warning(
+                    _(
+                        f"{' and '.join(unenforced)} limits are not enforced on this host (tasks"
+                        " still get their reservations from the scheduler): "
+                        f"{enf.why_not}; to enforce them, {enf.fix}",
+                    )
+                )
+        return resources.limit_kwargs(enf, cpu, memory_limit)
+
+    def _network(self, settings: settings_mod.Settings, logger: logging.Logger) -> str:
+        """The task's network: runtime.docker_network if allowed, else the configured one."""
+        asked = self.runtime_values.get("docker_network")
+        if not asked:
+            return settings.network
+        if asked in settings.allow_networks:
+            return str(asked)
+        logger.warning(
+            _(
+                "runtime.docker_network ignored; the network name must appear in the JSON list"
+                " [podman_rootless] allow_networks / env MINIWDL__PODMAN_ROOTLESS__ALLOW_NETWORKS",
+                docker_network=asked,
+            )
+        )
+        return settings.network
+
+    def _gpu_devices(self, settings: settings_mod.Settings) -> List[str]:
+        """CDI devices for a runtime.gpu task, checked before anything is created."""
+        if not self.runtime_values.get("gpu", False):
+            return []
+        missing = resources.missing_cdi_devices(settings.gpu_devices, settings.cdi_spec_dirs)
+        if missing:
+            raise ContainerFailed(
+                f"runtime.gpu needs the CDI device(s) {', '.join(missing)}, but no CDI spec in"
+                f" {', '.join(settings.cdi_spec_dirs)} declares them; generate one (NVIDIA:"
+                " `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`), or set"
+                " [podman_rootless] gpu_devices / cdi_spec_dirs"
+            )
+        return list(settings.gpu_devices)
+
     def _run(self, logger: logging.Logger, terminating: Callable[[], bool], command: str) -> int:
         engine, settings, scheduler = self._engine, self._settings, self._scheduler
         if engine is None or settings is None or scheduler is None:
             raise PodmanError("podman_rootless backend used before global_init")
-        if "inlineDockerfile" in self.runtime_values:
-            raise ContainerFailed(
-                "runtime.inlineDockerfile is not supported by the podman_rootless backend yet;"
-                " build the image with `podman build` and name it in runtime.container"
-            )
-        if self.runtime_values.get("gpu", False):
-            logger.warning(_("runtime.gpu is not supported by podman_rootless yet; ignored"))
+        devices = self._gpu_devices(settings)
         with ExitStack() as cleanup:
             cpu = int(self.runtime_values.get("cpu", 0))
             mem = int(self.runtime_values.get("memory_reservation", 0))
+            memory_limit = int(self.runtime_values.get("memory_limit", 0))
             reservation = cleanup.enter_context(scheduler.reserve(cpu, mem))
             logger.info(
                 _(
@@ -264,12 +319,22 @@ class PodmanRootless(TaskContainer):
                     mem_bytes=mem,
                 )
             )
-            image = self.runtime_values.get("docker") or self.cfg.get_dict(
-                "task_runtime", "defaults"
-            ).get("docker", "ubuntu:22.04")
-            ref = engine.ensure_image(image, logger)
+            if "inlineDockerfile" in self.runtime_values:
+                image = "runtime.inlineDockerfile"
+                ref = engine.build_image(
+                    self.runtime_values["inlineDockerfile"],
+                    os.path.join(self.host_dir, "inlineDockerfile.log"),
+                    logger,
+                )
+            else:
+                image = self.runtime_values.get("docker") or self.cfg.get_dict(
+                    "task_runtime", "defaults"
+                ).get("docker", "ubuntu:22.04")
+                ref = engine.ensure_image(image, logger)
             ident = self._identity(image, ref, logger)
             security_opt, relabel = mounts_mod.selinux_plan(settings.selinux)
+            if self.runtime_values.get("privileged", False):
+                logger.warning(_("runtime.privileged enabled (security & portability warning)"))
 
             with open(os.path.join(self.host_dir, "command"), "w") as outfile:
                 outfile.write(command)
@@ -285,6 +350,9 @@ class PodmanRootless(TaskContainer):
                 security_opt=security_opt,
                 env=self.runtime_values.get("env", {}),
                 privileged=bool(self.runtime_values.get("privileged", False)),
+                network=self._network(settings, logger),
+                limits=self._hard_limits(logger, cpu, memory_limit),
+                devices=devices,
             )
             logger.info(
                 _(
@@ -297,10 +365,12 @@ class PodmanRootless(TaskContainer):
                     network=spec.network or "default",
                     security_opt=spec.security_opt,
                     relabel=relabel,
+                    limits=spec.limits,
+                    devices=spec.devices,
                 )
             )
             poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
-            exit_code = engine.run(
+            outcome = engine.run(
                 spec,
                 logger,
                 terminating,
@@ -308,6 +378,12 @@ class PodmanRootless(TaskContainer):
                 running=lambda: cleanup.enter_context(self.task_running_context()),
             )
         self._settle_ownership(logger)
-        if not self.success_exit_code(exit_code):
+        if not self.success_exit_code(outcome.code):
             self._explain_failure(logger)
-        return exit_code
+            killed = resources.explain_kill(
+                outcome.code, outcome.oom_killed, mem, memory_limit, self._enforcement.memory
+            )
+            if killed:
+                logger.error(_(killed, exit_code=outcome.code, oom_killed=outcome.oom_killed))
+                self.failure_info = {"explanation": killed, "oom_killed": outcome.oom_killed}
+        return outcome.code

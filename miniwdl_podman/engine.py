@@ -17,6 +17,7 @@ rendered by podman-py's own ``CreateMixin._render_payload``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -32,7 +33,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 from podman import PodmanClient, api
 from podman.domain.containers_create import CreateMixin
-from podman.errors import APIError, NotFound
+from podman.errors import APIError, BuildError, NotFound
+from podman.errors import PodmanError as PodmanException
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime.error import Terminated
 
@@ -51,6 +53,8 @@ from .spec import LABEL_PROBE, ContainerSpec
 
 # (connect, read) timeout for requests that legitimately block for as long as the task runs
 _UNBOUNDED = (30.0, None)
+_BUILD_TIMEOUT = 24 * 3600.0
+INLINE_REPO = "localhost/miniwdl-inline"
 
 
 def _explain(exn: BaseException) -> str:
@@ -119,6 +123,19 @@ class ImageProbe:
         return bool(resp.status_code == 200)
 
 
+def _build_log_lines(log: Any) -> List[str]:
+    """Text lines of a podman-py build log (an iterator of JSON lines or bytes)."""
+    ans: List[str] = []
+    for raw in log or []:
+        try:
+            obj = json.loads(raw)
+            text = str(obj.get("stream") or obj.get("error") or "")
+        except (ValueError, AttributeError, TypeError):
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        ans.extend(ln.rstrip() for ln in text.splitlines() if ln.strip())
+    return ans
+
+
 def ping(url: str, timeout: float = 3.0) -> bool:
     """Whether a Podman API service answers at ``url``."""
     try:
@@ -134,6 +151,14 @@ class ImageRef:
 
     id: str
     user: str = ""
+
+
+@dataclass(frozen=True)
+class Exit:
+    """How a task's container ended."""
+
+    code: int
+    oom_killed: bool = False
 
 
 class Engine:
@@ -372,6 +397,71 @@ class Engine:
         )
         return image_id
 
+    def build_image(self, dockerfile: str, log_path: str, logger: logging.Logger) -> ImageRef:
+        """Build an inline Dockerfile once per content (cached in the store by its hash)."""
+        digest = hashlib.sha256(dockerfile.encode("utf-8")).hexdigest()
+        tag = f"{INLINE_REPO}:{digest[:40]}"
+        with self._lock:
+            fut = self._images.get(tag)
+            owner = fut is None
+            if fut is None:
+                fut = self._images[tag] = Future()
+        if not owner:
+            ref = fut.result()
+            logger.info(_("inlineDockerfile image ready", tag=tag, id=ref.id[:12]))
+            return ref
+        try:
+            ref = self._build(dockerfile, tag, log_path, logger)
+        except BaseException as exn:
+            fut.set_exception(exn)
+            raise
+        fut.set_result(ref)
+        return ref
+
+    def _build(self, dockerfile: str, tag: str, log_path: str, logger: logging.Logger) -> ImageRef:
+        cached = self._inspect_image(tag)
+        if cached is not None:
+            notice(logger, _("inlineDockerfile image cached", tag=tag, id=cached.id[:12]))
+            return cached
+        logger.info(_("building inlineDockerfile image", tag=tag))
+        t0 = time.monotonic()
+        lines: List[str] = []
+        try:
+            _image, log = self.client.images.build(
+                fileobj=io.StringIO(dockerfile), tag=tag, rm=True, timeout=_BUILD_TIMEOUT
+            )
+            lines = _build_log_lines(log)
+        except BuildError as exn:
+            lines = _build_log_lines(exn.build_log)
+            lines.extend(
+                f"error: {ln}"
+                for ln in str(exn.msg).splitlines()
+                if ln.strip() and not any(ln.strip() in seen for seen in lines)
+            )
+        except (APIError, PodmanException) as exn:
+            lines.append(f"error: {_explain(exn)}")
+        with open(log_path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        built = self._inspect_image(tag)
+        if built is None:
+            tail = " | ".join(" ".join(ln.split()) for ln in lines[-6:] if ln.strip())
+            logger.error(_("inlineDockerfile build failed", tag=tag, log=log_path))
+            raise ContainerFailed(
+                f"building the task's runtime.inlineDockerfile failed: {tail}"
+                f" (whole build log: {log_path})"
+            )
+        notice(
+            logger,
+            _(
+                "inlineDockerfile image built",
+                tag=tag,
+                id=built.id[:12],
+                seconds=round(time.monotonic() - t0, 2),
+                log=log_path,
+            ),
+        )
+        return built
+
     @contextlib.contextmanager
     def image_probe(self, image_id: str, logger: logging.Logger) -> Iterator[ImageProbe]:
         """An unstarted container of the image, to read files and test paths; removed after."""
@@ -437,8 +527,8 @@ class Engine:
         poll: Callable[[], None],
         running: Callable[[], None],
         poll_period: float = 1.0,
-    ) -> int:
-        """Create, start and wait for the container; remove it on every path. Exit code."""
+    ) -> Exit:
+        """Create, start and wait for the container; remove it on every path."""
         cid: Optional[str] = None
         exited = False
         try:
@@ -447,7 +537,7 @@ class Engine:
             running()
             exit_code = self._wait(cid, spec, logger, terminating, poll, poll_period)
             exited = True
-            return exit_code
+            return Exit(exit_code, exit_code != 0 and self._oom_killed(cid))
         finally:
             if cid is not None:
                 self._remove(cid, spec.name, logger, running=not exited)
@@ -588,6 +678,15 @@ class Engine:
             raise Interrupted(
                 f"lost track of task container {spec.name}: {_explain(exn)}"
             ) from None
+
+    def _oom_killed(self, cid: str) -> bool:
+        """Podman's OOMKilled flag for an exited container (unreliable upstream: podman#21749)."""
+        try:
+            resp = self.client.api.get(f"/containers/{cid}/json")
+            resp.raise_for_status()
+            return bool((resp.json().get("State") or {}).get("OOMKilled"))
+        except APIError:
+            return False
 
     def _kill(self, cid: str, name: str, logger: logging.Logger) -> None:
         try:

@@ -1,17 +1,23 @@
-"""Host resources and the in-process scheduler that keeps tasks within them.
+"""Resources: host limits, the in-process scheduler, hard limits, OOM messages, GPUs (CDI).
 
 miniwdl calls ``detect_resource_limits`` to cap each task's ``runtime.cpu``/``memory``; the
 scheduler then reserves each running task's cpu and memory so that the tasks running at once
 never oversubscribe the host. Limits come from the host's CPUs and memory, reduced to the
-CPU affinity and cgroup memory limit this process is confined to when those are smaller.
+CPU affinity, cgroup CPU quota and cgroup memory limit this process is confined to when those
+are smaller. The rest is pure: which hard limits this host's rootless Podman can enforce (from
+``podman info``), the create arguments for them, the message for a task killed for memory, and
+which CDI device kinds the host's spec files declare.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import threading
 import time
-from typing import Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import psutil
 
@@ -40,12 +46,43 @@ def _cgroup_memory_limit() -> Optional[int]:
     return None
 
 
+def _cgroup_cpu_limit() -> Optional[int]:
+    """CPUs allowed by this process's cgroup quota (v2 cpu.max or v1 cfs quota), if any."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [ln.strip().split(":", 2) for ln in f]
+    except (OSError, ValueError):
+        return None
+    for _, controllers, path in lines:
+        if controllers == "":
+            files = [f"/sys/fs/cgroup{path}/cpu.max"]
+        elif "cpu" in controllers.split(","):
+            files = [f"/sys/fs/cgroup/cpu{path}/cpu.cfs_quota_us"]
+        else:
+            continue
+        for name in files:
+            try:
+                with open(name) as f:
+                    text = f.read().split()
+                if name.endswith("cpu.max") and text and text[0] != "max":
+                    return max(1, -(-int(text[0]) // int(text[1])))
+                if name.endswith("quota_us") and text and int(text[0]) > 0:
+                    with open(name.replace("quota_us", "period_us")) as f:
+                        return max(1, -(-int(text[0]) // int(f.read().strip())))
+            except (OSError, ValueError, IndexError):
+                continue
+    return None
+
+
 def host_limits() -> Dict[str, int]:
     """{"cpu": usable CPUs, "mem_bytes": usable memory} for tasks on this host."""
     try:
         cpu = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpu = os.cpu_count() or 1
+    quota = _cgroup_cpu_limit()
+    if quota is not None:
+        cpu = min(cpu, quota)
     mem = int(psutil.virtual_memory().total)
     limit = _cgroup_memory_limit()
     if limit is not None:
@@ -93,3 +130,146 @@ class Reservation:
             s._used_cpu -= self.cpu
             s._used_mem -= self.mem_bytes
             s._cv.notify_all()
+
+
+# -- hard limits ---------------------------------------------------------------------------------
+
+CPU_PERIOD = 100_000  # microseconds; podman-py drops nano_cpus, so limits go as period/quota
+
+CGROUP_V2_DELEGATION_FIX = (
+    "delegate the controllers to users: create /etc/systemd/system/user@.service.d/delegate.conf"
+    " with `[Service]` and `Delegate=cpu cpuset io memory pids`, run `systemctl daemon-reload`,"
+    " and log in again"
+)
+CGROUP_V1_FIX = (
+    "boot the host with cgroup v2 (kernel argument systemd.unified_cgroup_hierarchy=1) and "
+    + CGROUP_V2_DELEGATION_FIX
+)
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Which hard limits rootless Podman can set on this host, and if not, why and the fix."""
+
+    cpu: bool
+    memory: bool
+    why_not: str = ""
+    fix: str = ""
+
+
+def enforcement(info: Mapping[str, Any]) -> Enforcement:
+    """What ``podman info`` says about cgroups: version and the controllers delegated to us."""
+    host = info.get("host", {})
+    if not host.get("security", {}).get("rootless", True):
+        return Enforcement(cpu=True, memory=True)
+    version = str(host.get("cgroupVersion", ""))
+    controllers = set(host.get("cgroupControllers") or [])
+    if version != "v2":
+        return Enforcement(
+            cpu=False,
+            memory=False,
+            why_not=f"cgroup {version or 'v1'}: rootless Podman cannot set resource limits",
+            fix=CGROUP_V1_FIX,
+        )
+    cpu, memory = "cpu" in controllers, "memory" in controllers
+    missing = [c for c, ok in (("cpu", cpu), ("memory", memory)) if not ok]
+    if not missing:
+        return Enforcement(cpu=True, memory=True)
+    return Enforcement(
+        cpu=cpu,
+        memory=memory,
+        why_not=f"cgroup v2 without the {' and '.join(missing)} controller delegated to your user",
+        fix=CGROUP_V2_DELEGATION_FIX,
+    )
+
+
+def limit_kwargs(enf: Enforcement, cpu: int, memory_limit: int) -> Dict[str, int]:
+    """podman-py create kwargs for the limits this host can enforce (none it cannot: asking
+    for an undelegated controller makes Podman fail the container instead of ignoring it)."""
+    ans: Dict[str, int] = {}
+    if enf.cpu and cpu > 0:
+        ans["cpu_period"] = CPU_PERIOD
+        ans["cpu_quota"] = cpu * CPU_PERIOD
+    if enf.memory and memory_limit > 0:
+        ans["mem_limit"] = memory_limit
+    return ans
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def explain_kill(
+    exit_code: int,
+    oom_killed: bool,
+    memory_reservation: int,
+    memory_limit: int,
+    memory_enforced: bool,
+) -> Optional[str]:
+    """A message for a task killed for memory (OOMKilled or exit 137), or None.
+
+    Podman's OOMKilled is unreliable (podman#21749), so exit status 137 (SIGKILL) is explained
+    too, with what the task asked for and whether a limit was in force.
+    """
+    asked = (
+        f"runtime.memory {_size(memory_reservation)}" if memory_reservation else "no runtime.memory"
+    )
+    limited = memory_enforced and memory_limit > 0
+    fix = "raise runtime.memory" + (" or [task_runtime] memory_limit_multiplier" if limited else "")
+    if oom_killed or (exit_code == 137 and limited):
+        where = f"its memory limit of {_size(memory_limit)}" if limited else "the host's memory"
+        return (
+            f"the task ran out of memory: killed (exit status {exit_code}) at {where}"
+            f" ({asked}); {fix}"
+        )
+    if exit_code == 137:
+        return (
+            "the task was killed by SIGKILL (exit status 137), most often by the kernel's OOM"
+            f" killer when memory runs out ({asked}; no memory limit is enforced on this host);"
+            f" {fix}, or run fewer tasks at once"
+        )
+    return None
+
+
+# -- GPUs through CDI ------------------------------------------------------------------------------
+
+_CDI_KIND = re.compile(r"""^\s*["']?kind["']?\s*:\s*["']?([A-Za-z0-9._/-]+)""", re.MULTILINE)
+
+
+def cdi_kinds(spec_dirs: Sequence[str]) -> Dict[str, str]:
+    """Device kinds (``vendor/class``) declared by CDI spec files in ``spec_dirs`` → file."""
+    ans: Dict[str, str] = {}
+    for d in spec_dirs:
+        try:
+            names = sorted(os.listdir(d))
+        except OSError:
+            continue
+        for name in names:
+            if not name.endswith((".json", ".yaml", ".yml")):
+                continue
+            path = os.path.join(d, name)
+            try:
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    text = f.read(1 << 20)
+            except OSError:
+                continue
+            if name.endswith(".json"):
+                try:
+                    kinds = [str(json.loads(text).get("kind", ""))]
+                except (ValueError, AttributeError):
+                    kinds = []
+            else:
+                kinds = _CDI_KIND.findall(text)
+            for kind in kinds:
+                if kind:
+                    ans.setdefault(kind, path)
+    return ans
+
+
+def missing_cdi_devices(devices: Sequence[str], spec_dirs: Sequence[str]) -> List[str]:
+    """The CDI device names (``vendor/class=name``) whose kind no spec file declares."""
+    kinds = cdi_kinds(spec_dirs)
+    return [d for d in devices if "=" in d and d.split("=", 1)[0] not in kinds]

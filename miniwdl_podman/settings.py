@@ -8,6 +8,7 @@ by the environment variable ``MINIWDL__PODMAN_ROOTLESS__<OPTION>`` (miniwdl's us
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
@@ -33,6 +34,9 @@ DEFAULTS: Dict[str, Tuple[str, str]] = {
     "network": ("", "container network mode; empty: Podman's rootless default; none: no network"),
     "init": ("true", "run an init process in the container so signals reach the command"),
     "selinux": ("disable", "disable: no labels, nothing relabelled; shared (z); private (Z); none"),
+    "allow_networks": ("[]", "networks a task may ask for with runtime.docker_network"),
+    "gpu_devices": ('["nvidia.com/gpu=all"]', "CDI device names given to runtime.gpu tasks"),
+    "cdi_spec_dirs": ('["/etc/cdi", "/var/run/cdi"]', "where CDI spec files are looked for"),
 }
 
 _DURATION = re.compile(r"^[0-9]+(\.[0-9]+)?(ns|us|ms|s|m)$")
@@ -53,6 +57,9 @@ class Settings:
     network: str = ""
     init: bool = True
     selinux: str = "disable"
+    allow_networks: Tuple[str, ...] = ()
+    gpu_devices: Tuple[str, ...] = ("nvidia.com/gpu=all",)
+    cdi_spec_dirs: Tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
     # miniwdl's own options that the backend needs, read at the same time
     command_shell: str = "/bin/bash"
     as_user: bool = False
@@ -101,6 +108,19 @@ def _duration(name: str, value: str) -> str:
     return value
 
 
+def _str_list(name: str, value: str) -> Tuple[str, ...]:
+    try:
+        parsed = json.loads(value) if value else []
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+        raise ConfigError(
+            f"invalid [{SECTION}] {name} = {value!r}; expected a JSON list of strings such as"
+            f' ["a", "b"] (env MINIWDL__{SECTION.upper()}__{name.upper()})'
+        )
+    return tuple(parsed)
+
+
 def from_mapping(
     raw: Dict[str, str],
     command_shell: str = "/bin/bash",
@@ -120,6 +140,9 @@ def from_mapping(
         "network": get("network"),
         "init": _bool("init", get("init")),
         "selinux": _choice("selinux", get("selinux"), SELINUX_MODES),
+        "allow_networks": _str_list("allow_networks", get("allow_networks")),
+        "gpu_devices": _str_list("gpu_devices", get("gpu_devices")),
+        "cdi_spec_dirs": _str_list("cdi_spec_dirs", get("cdi_spec_dirs")),
         "command_shell": command_shell,
         "as_user": as_user,
     }

@@ -41,6 +41,8 @@ class ContainerSpec:
     init: bool = True
     privileged: bool = False
     security_opt: List[str] = field(default_factory=list)
+    limits: Dict[str, int] = field(default_factory=dict)
+    devices: List[str] = field(default_factory=list)
 
     def create_kwargs(self) -> Dict[str, Any]:
         """The keyword arguments for podman-py's ``containers.create`` (after the image)."""
@@ -59,6 +61,9 @@ class ContainerSpec:
             ans["user"] = self.identity.user
         if self.security_opt:
             ans["security_opt"] = list(self.security_opt)
+        if self.devices:
+            ans["devices"] = list(self.devices)
+        ans.update(self.limits)
         if self.network:
             ans["network_mode"] = self.network
         if self.privileged:
@@ -95,6 +100,9 @@ def build(
     security_opt: Sequence[str] = (),
     env: Optional[Mapping[str, str]] = None,
     privileged: bool = False,
+    network: Optional[str] = None,
+    limits: Optional[Mapping[str, int]] = None,
+    devices: Sequence[str] = (),
 ) -> ContainerSpec:
     """Compute the ContainerSpec for one attempt of a task."""
     shell = settings.command_shell
@@ -112,8 +120,10 @@ def build(
         identity=identity,
         environment=environment,
         labels=labels(run_id, task_dir),
-        network=settings.network,
+        network=settings.network if network is None else network,
         init=settings.init,
         privileged=privileged,
         security_opt=list(security_opt),
+        limits=dict(limits or {}),
+        devices=list(devices),
     )

@@ -33,6 +33,19 @@ fi
 # 2. host fixes from the field notes: rootless default networking needs /dev/net/tun
 if [ -c /dev/net/tun ]; then chmod 666 /dev/net/tun; fi
 
+# 2b. a fake CDI device kind, so the GPU path (runtime.gpu -> CDI device) runs end to end on a
+#     machine with no GPU: it only sets environment variables in the container
+install -d /etc/cdi
+cat > /etc/cdi/miniwdl-podman-test.yaml <<CONF
+cdiVersion: "0.5.0"
+kind: "miniwdl-podman.test/fake"
+devices:
+  - name: "gpu0"
+    containerEdits:
+      env:
+        - "FAKE_GPU=gpu0"
+CONF
+
 # 3. the unprivileged user, with a subordinate uid/gid range
 id "$TB_USER" >/dev/null 2>&1 || { tb_log "creating user $TB_USER"; useradd -m -s /bin/bash "$TB_USER"; }
 grep -q "^$TB_USER:" /etc/subuid || usermod --add-subuids 300000-365535 "$TB_USER"

@@ -1,0 +1,275 @@
+"""Resources, live: scheduling, unenforced limits, kills, GPUs via CDI, network, inline
+Dockerfiles, privileged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Tuple
+
+import pytest
+
+from .conftest import BASE_IMAGE, Miniwdl, foreign_owned
+
+pytestmark = pytest.mark.podman
+
+TIMED_WDL = """
+version 1.0
+workflow w {
+    input {
+        Int n
+        Int cpu
+        String image
+    }
+    scatter (i in range(n)) {
+        call timed { input: cpu = cpu, image = image }
+    }
+    output { Array[String] spans = timed.span }
+}
+task timed {
+    input {
+        Int cpu
+        String image
+    }
+    command <<<
+        start=${EPOCHREALTIME/./}
+        sleep 1
+        echo "$start ${EPOCHREALTIME/./}"
+    >>>
+    output { String span = read_string(stdout()) }
+    runtime {
+        docker: image
+        cpu: cpu
+    }
+}
+"""
+
+
+def _max_overlap(spans: List[str]) -> int:
+    events: List[Tuple[int, int]] = []
+    for span in spans:
+        start, end = (int(x) for x in span.split())
+        events += [(start, 1), (end, -1)]
+    running = peak = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.parametrize(("cpu", "expected_peak"), [(1, 2), (2, 1)])
+def test_cpu_reservations_cap_concurrency(miniwdl: Miniwdl, cpu: int, expected_peak: int) -> None:
+    """On a 2-CPU host, tasks of cpu=1 run two at a time and tasks of cpu=2 one at a time, even
+    with task_concurrency 8 (measured from the tasks' own start/end times)."""
+    res = miniwdl.run(
+        TIMED_WDL,
+        "n=4",
+        f"cpu={cpu}",
+        f"image={BASE_IMAGE}",
+        env={"MINIWDL__SCHEDULER__TASK_CONCURRENCY": "8", "MINIWDL__TASK_RUNTIME__CPU_MAX": "2"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _max_overlap(res.outputs["w.spans"]) == expected_peak
+
+
+def test_unenforceable_limits_are_reported_once_and_tasks_still_run(miniwdl: Miniwdl) -> None:
+    """On cgroup v1 rootless, cpu/memory limits are not enforced: one warning with why and fix,
+    and the tasks run anyway."""
+    res = miniwdl.run(
+        TIMED_WDL,
+        "n=3",
+        "cpu=1",
+        f"image={BASE_IMAGE}",
+        env={"MINIWDL__TASK_RUNTIME__MEMORY_LIMIT_MULTIPLIER": "1.5"},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.log()
+    assert log.count("limits are not enforced on this host") == 1
+    assert "cgroup v1: rootless Podman cannot set resource limits" in log
+    assert "systemd.unified_cgroup_hierarchy=1" in log
+
+
+def test_task_killed_by_sigkill_is_explained_with_memory(miniwdl: Miniwdl) -> None:
+    """Exit status 137 fails the task with miniwdl's error plus a memory explanation."""
+    wdl = """
+version 1.0
+task killed {
+    input { String image }
+    command <<< kill -KILL $$ >>>
+    runtime {
+        docker: image
+        memory: "300 MiB"
+    }
+}
+"""
+    res = miniwdl.run(wdl, f"image={BASE_IMAGE}")
+    assert res.error is not None
+    assert res.error["cause"]["exit_status"] == 137
+    explanation = res.error["cause"]["explanation"]
+    assert "SIGKILL (exit status 137)" in explanation
+    assert "runtime.memory 300.0 MiB" in explanation
+    assert "SIGKILL (exit status 137)" in res.log()
+
+
+GPU_WDL = """
+version 1.0
+task gpu {
+    input { String image }
+    command <<< echo "${FAKE_GPU:-none}" >>>
+    output { String got = read_string(stdout()) }
+    runtime {
+        docker: image
+        gpu: true
+    }
+}
+"""
+
+
+def test_gpu_without_cdi_spec_fails_with_nvidia_ctk_fix(miniwdl: Miniwdl) -> None:
+    """runtime.gpu with no CDI spec for nvidia.com/gpu: one line with the generate command."""
+    res = miniwdl.run(GPU_WDL, f"image={BASE_IMAGE}", args=["--verbose"])
+    last = res.clean_failure_line()
+    assert "runtime.gpu needs the CDI device(s) nvidia.com/gpu=all" in last
+    assert "nvidia-ctk cdi generate" in last
+    assert "podman container created" not in res.log()
+
+
+def test_gpu_task_gets_the_configured_cdi_device(miniwdl: Miniwdl) -> None:
+    """runtime.gpu hands the configured CDI device to Podman, which applies its spec (the test
+    bed's fake device kind sets FAKE_GPU in the container)."""
+    res = miniwdl.run(
+        GPU_WDL,
+        f"image={BASE_IMAGE}",
+        env={"MINIWDL__PODMAN_ROOTLESS__GPU_DEVICES": '["miniwdl-podman.test/fake=gpu0"]'},
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["gpu.got"] == "gpu0"
+
+
+NET_WDL = """
+version 1.0
+task net {
+    input {
+        String image
+        String? network
+    }
+    command <<< ls /sys/class/net | sort | tr '\\n' ' ' >>>
+    output { String ifaces = read_string(stdout()) }
+    runtime {
+        docker: image
+        docker_network: select_first([network, ""])
+    }
+}
+"""
+
+
+def test_network_none_has_only_loopback(miniwdl: Miniwdl) -> None:
+    """[podman_rootless] network = none: the container has no interface but lo (no route out);
+    the default network has one more."""
+    none = miniwdl.run(
+        NET_WDL, f"image={BASE_IMAGE}", env={"MINIWDL__PODMAN_ROOTLESS__NETWORK": "none"}
+    )
+    assert none.returncode == 0, none.stderr[-3000:]
+    assert none.outputs["net.ifaces"].split() == ["lo"]
+    default = miniwdl.run(NET_WDL, f"image={BASE_IMAGE}")
+    assert default.returncode == 0, default.stderr[-3000:]
+    assert len(default.outputs["net.ifaces"].split()) > 1
+
+
+def test_docker_network_only_when_allowed(miniwdl: Miniwdl) -> None:
+    """runtime.docker_network applies only if listed in allow_networks; otherwise a warning."""
+    allowed = miniwdl.run(
+        NET_WDL,
+        f"image={BASE_IMAGE}",
+        "network=none",
+        env={"MINIWDL__PODMAN_ROOTLESS__ALLOW_NETWORKS": '["none"]'},
+    )
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert allowed.outputs["net.ifaces"].split() == ["lo"]
+    refused = miniwdl.run(NET_WDL, f"image={BASE_IMAGE}", "network=none")
+    assert refused.returncode == 0, refused.stderr[-3000:]
+    assert refused.outputs["net.ifaces"].split() != ["lo"]
+    assert "runtime.docker_network ignored" in refused.log()
+
+
+INLINE_WDL = """
+version 1.1
+workflow w {
+    input { String marker }
+    scatter (i in range(3)) {
+        call built { input: marker = marker }
+    }
+    output { Array[String] got = built.got }
+}
+task built {
+    input { String marker }
+    command <<< cat /etc/built-by-inline >>>
+    output { String got = read_string(stdout()) }
+    runtime {
+        inlineDockerfile: [
+            "FROM localhost/miniwdl-podman/busybox-bash:2",
+            "RUN echo '~{marker}' > /etc/built-by-inline"
+        ]
+    }
+}
+"""
+
+
+def test_inline_dockerfile_built_once_then_cached(miniwdl: Miniwdl, tmp_path: Path) -> None:
+    """A scatter of 3 with one inlineDockerfile builds it once; the next run reuses the image."""
+    marker = f"marker-{tmp_path.name}"
+    first = miniwdl.run(INLINE_WDL, f"marker={marker}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.outputs["w.got"] == [marker] * 3
+    assert first.log().count("inlineDockerfile image built") == 1
+    second = miniwdl.run(INLINE_WDL, f"marker={marker}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "inlineDockerfile image built" not in second.log()
+    assert second.log().count("inlineDockerfile image cached") == 1
+    assert foreign_owned(first.run_dir) == []
+
+
+def test_inline_dockerfile_failure_shows_build_log_tail(miniwdl: Miniwdl) -> None:
+    """A failing build fails the task with one line carrying the build log's tail."""
+    wdl = """
+version 1.1
+task bad {
+    command <<< true >>>
+    runtime {
+        inlineDockerfile: [
+            "FROM localhost/miniwdl-podman/busybox-bash:2",
+            "RUN echo 'about to fail the build' && exit 3"
+        ]
+    }
+}
+"""
+    res = miniwdl.run(wdl)
+    last = res.clean_failure_line()
+    assert "building the task's runtime.inlineDockerfile failed" in last
+    assert "exit status 3" in last
+    assert "inlineDockerfile.log" in last
+
+
+PRIV_WDL = """
+version 1.0
+task caps {
+    input { String image }
+    command <<< grep CapEff /proc/self/status | cut -f2 >>>
+    output { String capeff = read_string(stdout()) }
+    runtime {
+        docker: image
+        privileged: true
+    }
+}
+"""
+
+
+def test_privileged_only_when_allowed(miniwdl: Miniwdl) -> None:
+    """runtime.privileged gives all capabilities only with [task_runtime] allow_privileged."""
+    plain = miniwdl.run(PRIV_WDL, f"image={BASE_IMAGE}")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    allowed = miniwdl.run(
+        PRIV_WDL, f"image={BASE_IMAGE}", env={"MINIWDL__TASK_RUNTIME__ALLOW_PRIVILEGED": "true"}
+    )
+    assert allowed.returncode == 0, allowed.stderr[-3000:]
+    assert int(allowed.outputs["caps.capeff"], 16) > int(plain.outputs["caps.capeff"], 16)
+    assert "runtime.privileged ignored" in plain.stderr
