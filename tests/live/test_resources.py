@@ -3,12 +3,15 @@ Dockerfiles, privileged."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import hashlib
+import uuid
 from typing import List, Tuple
 
 import pytest
 
-from .conftest import BASE_IMAGE, Miniwdl, foreign_owned
+from miniwdl_podman.engine import INLINE_REPO
+
+from .conftest import BASE_IMAGE, Miniwdl, foreign_owned, podman
 
 pytestmark = pytest.mark.podman
 
@@ -214,18 +217,26 @@ task built {
 """
 
 
-def test_inline_dockerfile_built_once_then_cached(miniwdl: Miniwdl, tmp_path: Path) -> None:
+def test_inline_dockerfile_built_once_then_cached(miniwdl: Miniwdl) -> None:
     """A scatter of 3 with one inlineDockerfile builds it once; the next run reuses the image."""
-    marker = f"marker-{tmp_path.name}"
-    first = miniwdl.run(INLINE_WDL, f"marker={marker}")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert first.outputs["w.got"] == [marker] * 3
-    assert first.log().count("inlineDockerfile image built") == 1
-    second = miniwdl.run(INLINE_WDL, f"marker={marker}")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "inlineDockerfile image built" not in second.log()
-    assert second.log().count("inlineDockerfile image cached") == 1
-    assert foreign_owned(first.run_dir) == []
+    marker = f"marker-{uuid.uuid4().hex}"
+    dockerfile = (
+        f"FROM localhost/miniwdl-podman/busybox-bash:2\nRUN echo '{marker}' > /etc/built-by-inline"
+    )
+    tag = f"{INLINE_REPO}:{hashlib.sha256(dockerfile.encode()).hexdigest()[:40]}"
+    try:
+        first = miniwdl.run(INLINE_WDL, f"marker={marker}")
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert first.outputs["w.got"] == [marker] * 3
+        assert first.log().count("inlineDockerfile image built") == 1
+        assert podman("image", "exists", tag, check=False).returncode == 0
+        second = miniwdl.run(INLINE_WDL, f"marker={marker}")
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "inlineDockerfile image built" not in second.log()
+        assert second.log().count("inlineDockerfile image cached") == 1
+        assert foreign_owned(first.run_dir) == []
+    finally:
+        podman("rmi", "-f", tag, check=False)
 
 
 def test_inline_dockerfile_failure_shows_build_log_tail(miniwdl: Miniwdl) -> None:
