@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from contextlib import ExitStack
 from typing import Callable, ClassVar, Dict, List, Optional
 
+from WDL import Error
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.task_container import TaskContainer
@@ -69,6 +70,7 @@ class PodmanRootless(TaskContainer):
         cls._settings = settings
         cls._engine = engine
         atexit.register(cls._shutdown, engine, logger)
+        engine.reap_dead_runs(logger)
         cls.detect_resource_limits(cfg, logger)
         cls._host_ids = identity.host_ids(engine.info, os.geteuid(), os.getegid())
         cls._enforcement = resources.enforcement(engine.info)
@@ -202,25 +204,41 @@ class PodmanRootless(TaskContainer):
         )
 
     def _explain_failure(self, logger: logging.Logger) -> None:
-        """On an SELinux-enforcing host with confined containers, explain 'Permission denied'."""
+        """Explain well-known causes visible in the failed task's stderr (full disk; SELinux
+        'Permission denied' on an enforcing host with confined containers)."""
         settings = self._settings
-        if not (self._selinux_enforcing and settings and settings.selinux != "disable"):
-            return
         try:
             with open(self.host_stderr_txt(), "rb") as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 65536))
-                tail = f.read().decode("utf-8", errors="replace")
+                tail = f.read().decode("utf-8", errors="replace").lower()
         except OSError:
-            return
-        if "permission denied" in tail.lower():
+            tail = ""
+        try:
+            st = os.statvfs(self.host_work_dir())
+            free = st.f_bavail * st.f_frsize
+            full = free < max(1 << 20, st.f_blocks * st.f_frsize // 1000)
+        except OSError:
+            free, full = -1, False
+        # the task's own "No space left on device" may not even fit in stderr.txt on that disk
+        if full or "no space left on device" in tail:
+            logger.error(
+                _(
+                    "the task ran out of disk space ('No space left on device'): free space where"
+                    " the run directory is, or run it elsewhere (miniwdl run --dir)",
+                    work_dir=self.host_work_dir(),
+                    free_bytes=free,
+                )
+            )
+        confined = settings is not None and settings.selinux != "disable"
+        if self._selinux_enforcing and confined and "permission denied" in tail:
             logger.error(
                 _(
                     "the task hit 'Permission denied' on an SELinux-enforcing host with confined"
                     " containers; inputs are never relabelled, so set [podman_rootless] selinux ="
                     " disable (env MINIWDL__PODMAN_ROOTLESS__SELINUX=disable), or label the inputs"
                     " for containers (chcon -t container_file_t ...)",
-                    selinux=settings.selinux,
+                    selinux=settings.selinux if settings else None,
                 )
             )
 
@@ -231,7 +249,12 @@ class PodmanRootless(TaskContainer):
         self.touch_mount_point(self.host_stdout_txt())
         self.touch_mount_point(self.host_stderr_txt())
         if self._bind_input_files:
-            for container_path in self.input_path_map.values():
+            for host_path, container_path in self.input_path_map.items():
+                if not os.path.exists(host_path.rstrip("/")):
+                    raise Error.InputError(
+                        f"input path vanished before the task started: {host_path.rstrip('/')}"
+                        " (was it deleted or moved while the workflow ran?)"
+                    )
                 host_mount_point = self.host_work_path(container_path)
                 if not os.path.exists(host_mount_point.rstrip("/")):
                     self.touch_mount_point(host_mount_point)
@@ -336,8 +359,16 @@ class PodmanRootless(TaskContainer):
             if self.runtime_values.get("privileged", False):
                 logger.warning(_("runtime.privileged enabled (security & portability warning)"))
 
-            with open(os.path.join(self.host_dir, "command"), "w") as outfile:
-                outfile.write(command)
+            try:
+                with open(os.path.join(self.host_dir, "command"), "w") as outfile:
+                    outfile.write(command)
+                task_mounts = self._prepare_mounts(relabel, ident.home_tmpfs)
+            except OSError as exn:
+                raise PodmanError(
+                    f"cannot prepare the task's files in {self.host_dir}: {exn.strerror}"
+                    f" ({exn.filename}); free space there or make it writable, or run elsewhere"
+                    " (miniwdl run --dir)"
+                ) from None
             spec = spec_mod.build(
                 settings=settings,
                 run_id=self.run_id,
@@ -345,7 +376,7 @@ class PodmanRootless(TaskContainer):
                 try_counter=self.try_counter,
                 image=ref.id,
                 container_dir=self.container_dir,
-                mounts=self._prepare_mounts(relabel, ident.home_tmpfs),
+                mounts=task_mounts,
                 identity=ident,
                 security_opt=security_opt,
                 env=self.runtime_values.get("env", {}),

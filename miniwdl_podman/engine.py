@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tarfile
 import threading
@@ -42,6 +43,7 @@ from . import images as images_mod
 from . import service as service_mod
 from ._logging import notice
 from .errors import (
+    GENERIC_HINT,
     ContainerFailed,
     ImagePullFailed,
     Interrupted,
@@ -49,7 +51,7 @@ from .errors import (
     hint_for,
 )
 from .settings import SECTION, Settings
-from .spec import LABEL_PROBE, ContainerSpec
+from .spec import LABEL_HOST, LABEL_PID, LABEL_PROBE, ContainerSpec
 
 # (connect, read) timeout for requests that legitimately block for as long as the task runs
 _UNBOUNDED = (30.0, None)
@@ -136,6 +138,19 @@ def _build_log_lines(log: Any) -> List[str]:
     return ans
 
 
+def pid_is_dead(pid: str) -> bool:
+    """Whether no process with this pid exists (a pid we may not signal is alive)."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def ping(url: str, timeout: float = 3.0) -> bool:
     """Whether a Podman API service answers at ``url``."""
     try:
@@ -175,6 +190,7 @@ class Engine:
         self._client: Optional[PodmanClient] = None
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
+        self._recover_lock = threading.Lock()
         self._images: Dict[str, Future[ImageRef]] = {}
         self._live: Dict[str, str] = {}  # container id -> name, for cleanup at exit
 
@@ -243,22 +259,63 @@ class Engine:
             )
 
     @property
+    def graph_root(self) -> str:
+        return str(self.info.get("store", {}).get("graphRoot", ""))
+
+    @property
     def client(self) -> PodmanClient:
         if self._client is None:
             raise PodmanUnavailable("internal: Podman engine used before connect()")
         return self._client
 
     def _recover(self, logger: logging.Logger) -> bool:
-        """After a connection error: restart our private service if it died; is it back?"""
-        if self._private is not None and not self._private.alive():
-            logger.warning(_("private podman service died; restarting it", url=self.url))
-            with self._lock:
-                try:
-                    self._private.restart(ping, self.settings.service_start_timeout)
-                except PodmanUnavailable as exn:
-                    logger.error(_("private podman service restart failed", error=str(exn)))
-                    return False
-        return ping(self.url)
+        """After a connection error: is the service back? Restart our private service if it
+        died; wait (up to service_start_timeout) for an external one to come back."""
+        with self._recover_lock:
+            if ping(self.url):
+                return True
+            if self._private is not None:
+                if not self._private.alive():
+                    logger.warning(_("private podman service died; restarting it", url=self.url))
+                    try:
+                        self._private.restart(ping, self.settings.service_start_timeout)
+                    except PodmanUnavailable as exn:
+                        logger.error(_("private podman service restart failed", error=str(exn)))
+                        return False
+                return ping(self.url)
+            logger.warning(
+                _("podman service not answering; waiting for it to come back", url=self.url)
+            )
+            deadline = time.monotonic() + self.settings.service_start_timeout
+            while time.monotonic() < deadline:
+                if ping(self.url):
+                    logger.warning(_("podman service is back", url=self.url))
+                    return True
+                time.sleep(0.5)
+            return False
+
+    def _request(
+        self, method: str, path: str, logger: logging.Logger, retries: int = 4, **kwargs: Any
+    ) -> Any:
+        """An idempotent API request, retried after connection errors (once the service is
+        back) and transient server errors, with backoff; other errors are raised."""
+        for attempt in range(retries + 1):
+            try:
+                resp = getattr(self.client.api, method)(path, **kwargs)
+                resp.raise_for_status()
+                return resp
+            except APIError as exn:
+                retry = attempt < retries and (
+                    (_is_connection_error(exn) and self._recover(logger)) or _is_transient(exn)
+                )
+                if not retry:
+                    raise
+                logger.info(
+                    _("podman request failed; retrying", request=f"{method.upper()} {path}",
+                      error=_explain(exn), attempt=attempt + 1)
+                )  # fmt: skip
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Close the client and stop the private service, if any (idempotent)."""
@@ -269,6 +326,32 @@ class Engine:
         if self._private is not None:
             self._private.stop()
             self._private = None
+
+    def reap_dead_runs(self, logger: logging.Logger) -> int:
+        """Remove containers that miniwdl processes on this host left when they died (their
+        pid label names no live process); other runs' and users' containers are untouched."""
+        host = socket.gethostname()
+        try:
+            resp = self._request(
+                "get",
+                "/containers/json",
+                logger,
+                params={"all": True, "filters": json.dumps({"label": [LABEL_PID]})},
+            )
+        except APIError as exn:
+            logger.warning(_("could not list leftover containers", error=_explain(exn)))
+            return 0
+        reaped = 0
+        for c in resp.json() or []:
+            labels = c.get("Labels") or {}
+            if labels.get(LABEL_HOST) != host or not pid_is_dead(labels.get(LABEL_PID, "")):
+                continue
+            name = (c.get("Names") or [c["Id"][:12]])[0]
+            self._remove(str(c["Id"]), name, logger, running=c.get("State") == "running")
+            reaped += 1
+        if reaped:
+            notice(logger, _("removed containers left by dead miniwdl runs", count=reaped))
+        return reaped
 
     def remove_leftovers(self, logger: logging.Logger) -> None:
         """At process exit: remove containers of this process still registered (best effort)."""
@@ -377,13 +460,17 @@ class Engine:
         if errors or not image_id:
             message = errors[-1] if errors else "the service reported no image"
             logger.error(_("image pull failed", image=image, reference=ref, error=message))
+            fix = hint_for(message, self.graph_root)
+            if fix == GENERIC_HINT:
+                fix = (
+                    "check the name and that the registry is reachable, or load the image into"
+                    " the local store (`podman load`/`podman pull`) beforehand"
+                )
             raise ImagePullFailed(
                 image,
                 f"cannot pull container image {image}"
                 + (f" ({ref})" if ref != image else "")
-                + f": {message}; check the name and"
-                " that the registry is reachable, or load the image into the local store"
-                " (`podman load`/`podman pull`) beforehand",
+                + f": {message}; {fix}",
             )
         notice(
             logger,
@@ -537,7 +624,23 @@ class Engine:
             running()
             exit_code = self._wait(cid, spec, logger, terminating, poll, poll_period)
             exited = True
-            return Exit(exit_code, exit_code != 0 and self._oom_killed(cid))
+            if exit_code == 0:
+                return Exit(0)
+            # a container removed behind our back also "exits" (137, killed first): that is not
+            # the command's; the removal completes just after the wait returns, so give a
+            # signal-like exit a moment to show whether the container is going away
+            state = self._state(cid, logger)
+            deadline = time.monotonic() + (0.5 if exit_code in (137, 143) else 0.0)
+            while state is not None and time.monotonic() < deadline:
+                time.sleep(0.05)
+                state = self._state(cid, logger)
+            if state is None:
+                logger.error(_("podman container disappeared while running", name=spec.name))
+                raise Interrupted(
+                    f"task container {spec.name} was removed while the task ran (by `podman rm`"
+                    " or `podman system prune`?); its exit status is not the command's"
+                )
+            return Exit(exit_code, bool(state.get("OOMKilled")))
         finally:
             if cid is not None:
                 self._remove(cid, spec.name, logger, running=not exited)
@@ -562,6 +665,8 @@ class Engine:
             )
         )
         body = api.prepare_body(payload)
+        warnings: List[str] = []
+        cid = ""
         for attempt in range(1, _CREATE_TRIES + 1):
             try:
                 # Podman 4.3 computes keep-id mappings racily under concurrent creates (500
@@ -574,8 +679,17 @@ class Engine:
                         data=body,
                     )
                 resp.raise_for_status()
+                answer = resp.json()
+                cid, warnings = str(answer["Id"]), list(answer.get("Warnings") or [])
                 break
             except APIError as exn:
+                if attempt < _CREATE_TRIES and _is_connection_error(exn) and self._recover(logger):
+                    # the create may have happened before the connection broke: adopt it
+                    adopted = self._id_of(spec.name)
+                    if adopted:
+                        cid = adopted
+                        break
+                    continue
                 if attempt < _CREATE_TRIES and _is_transient(exn):
                     logger.info(_("podman create: transient error, retrying", error=_explain(exn)))
                     time.sleep(0.05 * 2**attempt)
@@ -587,27 +701,34 @@ class Engine:
                     ) from None
                 raise ContainerFailed(
                     f"Podman could not create the task container: {_explain(exn)};"
-                    f" {hint_for(_explain(exn))}"
+                    f" {hint_for(_explain(exn), self.graph_root)}"
                 ) from None
-        answer = resp.json()
-        cid = str(answer["Id"])
         with self._lock:
             self._live[cid] = spec.name
-        for warning in answer.get("Warnings") or []:
+        for warning in warnings:
             logger.warning(_("podman create warning", name=spec.name, warning=warning))
         logger.info(_("podman container created", name=spec.name, id=cid[:12]))
         return cid
 
     def _start(self, cid: str, spec: ContainerSpec, logger: logging.Logger) -> None:
         try:
-            self.client.api.post(f"/containers/{cid}/start").raise_for_status()
+            self._request("post", f"/containers/{cid}/start", logger)
         except APIError as exn:
             logger.error(_("podman start failed", name=spec.name, error=_explain(exn)))
             raise ContainerFailed(
                 f"Podman could not start the task container: {_explain(exn)};"
-                f" {hint_for(_explain(exn))}"
+                f" {hint_for(_explain(exn), self.graph_root)}"
             ) from None
         notice(logger, _("podman container started", name=spec.name, id=cid[:12]))
+
+    def _id_of(self, name: str) -> Optional[str]:
+        """The id of the container named ``name``, if it exists."""
+        try:
+            resp = self.client.api.get(f"/containers/{name}/json")
+            resp.raise_for_status()
+            return str(resp.json()["Id"])
+        except APIError:
+            return None
 
     def _wait_once(self, cid: str) -> int:
         resp = self.client.api.post(
@@ -679,20 +800,20 @@ class Engine:
                 f"lost track of task container {spec.name}: {_explain(exn)}"
             ) from None
 
-    def _oom_killed(self, cid: str) -> bool:
-        """Podman's OOMKilled flag for an exited container (unreliable upstream: podman#21749)."""
+    def _state(self, cid: str, logger: logging.Logger) -> Optional[Dict[str, Any]]:
+        """The container's State (OOMKilled is unreliable upstream: podman#21749); None if the
+        container no longer exists."""
         try:
-            resp = self.client.api.get(f"/containers/{cid}/json")
-            resp.raise_for_status()
-            return bool((resp.json().get("State") or {}).get("OOMKilled"))
+            resp = self._request("get", f"/containers/{cid}/json", logger)
+        except NotFound:
+            return None
         except APIError:
-            return False
+            return {}
+        return dict(resp.json().get("State") or {})
 
     def _kill(self, cid: str, name: str, logger: logging.Logger) -> None:
         try:
-            self.client.api.post(
-                f"/containers/{cid}/kill", params={"signal": "SIGKILL"}
-            ).raise_for_status()
+            self._request("post", f"/containers/{cid}/kill", logger, params={"signal": "SIGKILL"})
             logger.info(_("podman container killed", name=name))
         except APIError as exn:
             if not isinstance(exn, NotFound) and exn.status_code != 409:
@@ -700,28 +821,26 @@ class Engine:
 
     def _remove(self, cid: str, name: str, logger: logging.Logger, running: bool) -> None:
         """Remove the container (killing it first if it may still run); never raises."""
-        for attempt in range(3):
-            try:
-                if running:
-                    self._kill(cid, name, logger)
-                resp = self.client.api.delete(
-                    f"/containers/{cid}", params={"force": True, "v": True, "timeout": 0}
+        try:
+            if running:
+                self._kill(cid, name, logger)
+            self._request(
+                "delete",
+                f"/containers/{cid}",
+                logger,
+                params={"force": True, "v": True, "timeout": 0},
+            )
+        except NotFound:
+            pass
+        except Exception as exn:
+            logger.error(
+                _(
+                    "podman container removal failed; remove it with `podman rm -f NAME`",
+                    name=name,
+                    error=_explain(exn),
                 )
-                resp.raise_for_status()
-                break
-            except NotFound:
-                break
-            except Exception as exn:
-                if attempt < 2 and _is_connection_error(exn) and self._recover(logger):
-                    continue
-                logger.error(
-                    _(
-                        "podman container removal failed; remove it with `podman rm -f NAME`",
-                        name=name,
-                        error=_explain(exn),
-                    )
-                )
-                return
+            )
+            return
         with self._lock:
             self._live.pop(cid, None)
         logger.debug(_("podman container removed", name=name))

@@ -51,6 +51,13 @@ class ImagePullFailed(DownloadFailed):
 # Known Podman failure texts (as the API returns them) and the fix to print with them.
 _HINTS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
     (
+        ("statfs",),
+        "a path that exists here is missing in rootless Podman's mount namespace, which was made"
+        " before its file system was mounted (e.g. autofs/NFS, with / not a shared mount): run"
+        " `podman system migrate` to restart Podman's pause process, or have an administrator"
+        " make / a shared mount (`mount --make-rshared /`)",
+    ),
+    (
         ("cgroups in hybrid mode", "crun"),
         "this host's cgroup setup needs the runc runtime: install runc and set"
         ' `[engine] runtime = "runc"` in ~/.config/containers/containers.conf',
@@ -72,8 +79,9 @@ _HINTS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
     ),
     (
         ("no space left on device",),
-        "Podman's storage is full: `podman system prune` or free space on its graphroot"
-        " (`podman info --format {{.Store.GraphRoot}}`)",
+        "Podman's storage is full: free space with `podman system prune` (or `podman image"
+        " prune -a`), or move it to a bigger disk (graphroot in"
+        " ~/.config/containers/storage.conf); it is at {graph_root}",
     ),
 )
 
@@ -82,10 +90,12 @@ GENERIC_HINT = (
 )
 
 
-def hint_for(message: str) -> str:
+def hint_for(message: str, graph_root: str = "") -> str:
     """The fix for a Podman error message, or the generic advice when it is not a known one."""
     lower = message.lower()
     for needles, hint in _HINTS:
         if any(n.lower() in lower for n in needles):
-            return hint
+            return hint.replace(
+                "{graph_root}", graph_root or "`podman info --format {{.Store.GraphRoot}}`"
+            )
     return GENERIC_HINT

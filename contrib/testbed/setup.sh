@@ -146,7 +146,21 @@ if [ $minimal = 0 ]; then
     )
 fi
 
-# 9. the proof: a rootless container runs as the user, with keep-id
+# 9. small file systems for fault tests: full (8 MiB), read-only, tiny (3 MiB, for a graphroot)
+if [ $minimal = 0 ]; then
+    gid=$(id -g "$TB_USER")
+    for spec in "mwp-full:size=8m" "mwp-ro:size=1m,ro" "mwp-tiny:size=3m"; do
+        dir=/mnt/${spec%%:*}
+        mkdir -p "$dir"
+        mountpoint -q "$dir" && umount "$dir"
+        mount -t tmpfs -o "${spec#*:},uid=$TB_UID,gid=$gid,mode=700" tmpfs "$dir"
+    done
+    # rootless Podman's pause process keeps the mount namespace it started with ("/" is not a
+    # shared mount here): restart it so that it sees the new mounts
+    tb_as_user podman system migrate >/dev/null 2>&1 || true
+fi
+
+# 10. the proof: a rootless container runs as the user, with keep-id
 out=$(tb_as_user podman run --rm --network none --userns keep-id "$TB_BASE_IMAGE" id -u 2>&1) \
     || tb_die "rootless Podman cannot run a container as $TB_USER: $out"
 [ "$(printf '%s' "$out" | tail -n1)" = "$TB_UID" ] \

@@ -18,6 +18,7 @@ from miniwdl_podman.errors import GENERIC_HINT, hint_for
             "usermod --add-subuids",
         ),
         ("writing blob: no space left on device", "podman system prune"),
+        ("statfs /mnt/nfs/run/stdout.txt: no such file or directory", "podman system migrate"),
     ],
 )
 def test_known_failures_get_their_fix(message: str, needle: str) -> None:
