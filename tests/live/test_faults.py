@@ -569,3 +569,11 @@ def test_inputs_unchanged_and_outputs_owned_after_faults(miniwdl: Miniwdl, tmp_p
         proc.kill()
     assert snapshot([data]) == before
     assert foreign_owned(tmp_path / "bg") == []
+
+
+def test_malformed_image_name_fails_with_one_line(miniwdl: Miniwdl) -> None:
+    """A malformed image reference fails before any pull or container, naming the image."""
+    res = miniwdl.run(ECHO_WDL, "image=Bad Image::name", args=["--verbose"])
+    last = res.clean_failure_line()
+    assert "invalid container image name 'Bad Image::name'" in last
+    assert "pulling image" not in res.log()

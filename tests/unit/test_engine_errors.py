@@ -1,0 +1,47 @@
+"""Which podman-py errors the engine retries, and how it words them."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import requests
+from podman.errors import APIError
+
+from miniwdl_podman import engine
+
+
+def _api_error(status: Optional[int], explanation: str) -> APIError:
+    response = None
+    if status is not None:
+        response = requests.Response()
+        response.status_code = status
+    return APIError("boom", response=response, explanation=explanation)
+
+
+def test_transient_server_errors_are_retried() -> None:
+    """500s that go away when sent again (db lock, keep-id race) are transient; others are not."""
+    assert engine._is_transient(_api_error(500, "database is locked"))
+    assert engine._is_transient(_api_error(500, "keep-id requires additional UIDs or GIDs"))
+    assert not engine._is_transient(_api_error(500, "no such image"))
+    assert not engine._is_transient(_api_error(404, "database is locked"))
+    assert not engine._is_transient(_api_error(None, "database is locked"))
+
+
+def test_connection_errors_are_told_apart_from_http_errors() -> None:
+    """An APIError with no response is a connection failure (recover, then retry)."""
+    assert engine._is_connection_error(_api_error(None, "POST operation failed"))
+    assert not engine._is_connection_error(_api_error(500, "x"))
+
+
+def test_explain_prefers_podmans_own_message() -> None:
+    """Podman's explanation is the message users see."""
+    assert engine._explain(_api_error(500, "statfs /x: no such file")) == "statfs /x: no such file"
+
+
+def test_pid_is_dead() -> None:
+    """Only a pid with no process is dead; garbage and live pids are not."""
+    import os
+
+    assert not engine.pid_is_dead(str(os.getpid()))
+    assert not engine.pid_is_dead("not-a-pid")
+    assert engine.pid_is_dead("999999999")
