@@ -23,7 +23,7 @@ from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.task_container import TaskContainer
 
-from . import __version__, identity, ownership, resources
+from . import __version__, budget, identity, ownership, resources
 from . import mounts as mounts_mod
 from . import settings as settings_mod
 from . import spec as spec_mod
@@ -58,7 +58,12 @@ class PodmanRootless(TaskContainer):
         try:
             settings = settings_mod.load(cfg)
             concurrency = cfg.get_int("scheduler", "task_concurrency", 0) or (os.cpu_count() or 1)
-            engine = Engine(settings, pool_size_for(concurrency))
+            coordination_dir = None
+            if settings.coordinate:
+                coordination_dir = budget.ensure_private_dir(
+                    settings.coordination_dir or budget.default_dir(os.geteuid())
+                )
+            engine = Engine(settings, pool_size_for(concurrency), coordination_dir)
             try:
                 engine.connect(logger)
             except BaseException:
@@ -71,7 +76,13 @@ class PodmanRootless(TaskContainer):
         cls._engine = engine
         atexit.register(cls._shutdown, engine, logger)
         engine.reap_dead_runs(logger)
-        cls.detect_resource_limits(cfg, logger)
+        limits = cls.detect_resource_limits(cfg, logger)
+        if coordination_dir:
+            cls._scheduler = budget.SharedScheduler(
+                limits["cpu"], limits["mem_bytes"], coordination_dir
+            )
+            logger.info(_("sharing the node's cpu/memory budget with your other runs",
+                          ledger=cls._scheduler.ledger))  # fmt: skip
         cls._host_ids = identity.host_ids(engine.info, os.geteuid(), os.getegid())
         cls._enforcement = resources.enforcement(engine.info)
         cls._selinux_enforcing = mounts_mod.selinux_enforcing()

@@ -39,6 +39,8 @@ from podman.errors import PodmanError as PodmanException
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime.error import Terminated
 
+from . import budget
+from . import host as host_mod
 from . import images as images_mod
 from . import service as service_mod
 from ._logging import notice
@@ -179,8 +181,11 @@ class Exit:
 class Engine:
     """A connection to one Podman API service, shared by all of a process's tasks."""
 
-    def __init__(self, settings: Settings, pool_size: int = 32) -> None:
+    def __init__(
+        self, settings: Settings, pool_size: int = 32, coordination_dir: Optional[str] = None
+    ) -> None:
         self.settings = settings
+        self.coordination_dir = coordination_dir
         self.pool_size = max(16, pool_size)
         self.url = ""
         self.source = ""
@@ -248,6 +253,18 @@ class Engine:
                 storage_driver=store.get("graphDriverName"),
             ),
         )
+        for what in ("graphRoot", "runRoot"):
+            where = str(store.get(what) or "")
+            kind = host_mod.fs_type(where) if where else "unknown"
+            if host_mod.is_network_fs(kind):
+                logger.warning(
+                    _(
+                        f"podman storage ({what}) is on a network file system ({kind}), where"
+                        " rootless container storage breaks or crawls; run `miniwdl-podman"
+                        " doctor --fix` to move it to node-local disk",
+                        path=where,
+                    )
+                )
         if store.get("graphDriverName") == "vfs":
             logger.warning(
                 _(
@@ -327,10 +344,10 @@ class Engine:
             self._private.stop()
             self._private = None
 
-    def reap_dead_runs(self, logger: logging.Logger) -> int:
-        """Remove containers that miniwdl processes on this host left when they died (their
-        pid label names no live process); other runs' and users' containers are untouched."""
-        host = socket.gethostname()
+    def _dead_runs(self, logger: logging.Logger) -> List[Dict[str, Any]]:
+        """Containers that miniwdl processes on this host left when they died (their pid label
+        names no live process); other runs' and users' containers are never listed."""
+        hostname = socket.gethostname()
         try:
             resp = self._request(
                 "get",
@@ -340,18 +357,27 @@ class Engine:
             )
         except APIError as exn:
             logger.warning(_("could not list leftover containers", error=_explain(exn)))
-            return 0
-        reaped = 0
-        for c in resp.json() or []:
-            labels = c.get("Labels") or {}
-            if labels.get(LABEL_HOST) != host or not pid_is_dead(labels.get(LABEL_PID, "")):
-                continue
+            return []
+        return [
+            c
+            for c in resp.json() or []
+            if (c.get("Labels") or {}).get(LABEL_HOST) == hostname
+            and pid_is_dead((c.get("Labels") or {}).get(LABEL_PID, ""))
+        ]
+
+    def dead_run_containers(self, logger: logging.Logger) -> List[str]:
+        """Names of the containers left by dead runs (see ``reap_dead_runs``)."""
+        return [str((c.get("Names") or [c["Id"][:12]])[0]) for c in self._dead_runs(logger)]
+
+    def reap_dead_runs(self, logger: logging.Logger) -> int:
+        """Remove the containers left by dead miniwdl runs on this host; how many."""
+        dead = self._dead_runs(logger)
+        for c in dead:
             name = (c.get("Names") or [c["Id"][:12]])[0]
             self._remove(str(c["Id"]), name, logger, running=c.get("State") == "running")
-            reaped += 1
-        if reaped:
-            notice(logger, _("removed containers left by dead miniwdl runs", count=reaped))
-        return reaped
+        if dead:
+            notice(logger, _("removed containers left by dead miniwdl runs", count=len(dead)))
+        return len(dead)
 
     def remove_leftovers(self, logger: logging.Logger) -> None:
         """At process exit: remove containers of this process still registered (best effort)."""
@@ -420,7 +446,19 @@ class Engine:
                         f" [{SECTION}] pull = never; `podman pull {image}` first, or set"
                         f" [{SECTION}] pull = missing",
                     )
-            image_id = self._pull(image, logger)
+            lock = (
+                budget.image_lock(self.coordination_dir, image)
+                if self.coordination_dir
+                else contextlib.nullcontext()
+            )
+            with lock:
+                # another of this user's processes may have pulled it while we waited
+                if policy != "always":
+                    local = self._inspect_image(image)
+                    if local:
+                        logger.info(_("image pulled by another run", image=image))
+                        return local
+                image_id = self._pull(image, logger)
             pulled = self._inspect_image(image_id)
             if pulled is None:
                 raise ImagePullFailed(image, f"pulled image {image} vanished from the store")

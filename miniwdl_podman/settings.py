@@ -37,6 +37,8 @@ DEFAULTS: Dict[str, Tuple[str, str]] = {
     "allow_networks": ("[]", "networks a task may ask for with runtime.docker_network"),
     "gpu_devices": ('["nvidia.com/gpu=all"]', "CDI device names given to runtime.gpu tasks"),
     "cdi_spec_dirs": ('["/etc/cdi", "/var/run/cdi"]', "where CDI spec files are looked for"),
+    "coordinate": ("true", "share one cpu/memory budget and image pulls with your other runs"),
+    "coordination_dir": ("", "per-user dir on local disk for that; empty: /tmp/miniwdl-podman-UID"),
 }
 
 _DURATION = re.compile(r"^[0-9]+(\.[0-9]+)?(ns|us|ms|s|m)$")
@@ -60,6 +62,8 @@ class Settings:
     allow_networks: Tuple[str, ...] = ()
     gpu_devices: Tuple[str, ...] = ("nvidia.com/gpu=all",)
     cdi_spec_dirs: Tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
+    coordinate: bool = True
+    coordination_dir: str = ""
     # miniwdl's own options that the backend needs, read at the same time
     command_shell: str = "/bin/bash"
     as_user: bool = False
@@ -143,6 +147,8 @@ def from_mapping(
         "allow_networks": _str_list("allow_networks", get("allow_networks")),
         "gpu_devices": _str_list("gpu_devices", get("gpu_devices")),
         "cdi_spec_dirs": _str_list("cdi_spec_dirs", get("cdi_spec_dirs")),
+        "coordinate": _bool("coordinate", get("coordinate")),
+        "coordination_dir": get("coordination_dir"),
         "command_shell": command_shell,
         "as_user": as_user,
     }

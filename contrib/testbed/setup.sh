@@ -19,6 +19,8 @@ minimal=0
 
 # 1. packages
 pkgs=(podman runc uidmap slirp4netns fuse-overlayfs catatonit busybox-static python3-venv)
+# crun too (runc is the runtime used): doctor's tests configure it to prove the crun diagnosis
+pkgs+=(crun)
 [ $minimal = 1 ] || pkgs+=(docker-registry)
 missing=()
 for p in "${pkgs[@]}"; do

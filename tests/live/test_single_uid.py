@@ -3,7 +3,9 @@ as such a user; deselected elsewhere by ``-m 'not single_uid'``)."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from typing import Any, Dict
 
 import pytest
@@ -63,3 +65,19 @@ def test_as_user_runs_user_image_as_container_root(miniwdl: Miniwdl) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.outputs["t.uid"] == 0
     assert foreign_owned(res.run_dir) == []
+
+
+def test_doctor_reports_single_uid_mode_with_the_fix(miniwdl: Miniwdl) -> None:
+    """doctor warns that the user has no subuid range and names the administrator's command,
+    while a test container still runs."""
+    env = {**os.environ, "MINIWDL_CFG": str(miniwdl.cfg)}
+    proc = subprocess.run(
+        ["miniwdl-podman", "doctor", "--json"], capture_output=True, text=True, env=env, timeout=300
+    )
+    report = json.loads(proc.stdout)
+    (subuids,) = [c for c in report["checks"] if c["name"] == "subuids"]
+    assert subuids["status"] == "WARN"
+    assert "single-uid mode" in subuids["detail"]
+    assert "usermod --add-subuids" in subuids["fix"]
+    (run,) = [c for c in report["checks"] if c["name"] == "test container (network none)"]
+    assert run["status"] == "PASS"

@@ -1,0 +1,153 @@
+"""Per-user coordination between concurrent miniwdl processes on one node.
+
+Two ``miniwdl run``s of the same user on a login node would each assume the whole node; with
+``[podman_rootless] coordinate = true`` (the default) they share one CPU/memory budget
+through a ledger file, locked with ``flock``, in a per-user directory on local disk
+(``/tmp/miniwdl-podman-<uid>`` unless ``[podman_rootless] coordination_dir`` says otherwise). Each
+running task holds an entry (pid, cpu, memory); entries of dead processes are dropped, so a
+killed run frees its share. The same directory holds per-image lock files so that concurrent
+processes pull an image once between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import time
+import uuid
+from typing import Any, Dict, Iterator, List
+
+from .errors import ConfigError
+from .resources import Reservation, Scheduler
+from .settings import SECTION
+
+LEDGER = "budget.json"
+
+
+def default_dir(uid: int) -> str:
+    """The per-user coordination directory on local disk."""
+    return os.path.join(tempfile.gettempdir(), f"miniwdl-podman-{uid}")
+
+
+def ensure_private_dir(path: str) -> str:
+    """Create ``path`` 0700 if needed and check it is the user's own; return it."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+        st = os.stat(path)
+    except OSError as exn:
+        raise ConfigError(
+            f"cannot use {path} for coordination between miniwdl runs: {exn.strerror}; set"
+            f" [{SECTION}] coordination_dir to a directory of yours on local disk, or coordinate"
+            " = false"
+        ) from None
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        raise ConfigError(
+            f"{path} must be a directory owned by you with mode 0700 (chmod 700 {path}), or set"
+            f" [{SECTION}] coordination_dir elsewhere"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def locked(path: str) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if needed)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_entries(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Ledger entries whose process still runs."""
+    return [e for e in entries if isinstance(e.get("pid"), int) and _alive(e["pid"])]
+
+
+class SharedScheduler(Scheduler):
+    """A Scheduler whose budget is shared with this user's other miniwdl processes."""
+
+    def __init__(self, cpu: int, mem_bytes: int, directory: str, poll: float = 0.2) -> None:
+        super().__init__(cpu, mem_bytes)
+        self.directory = directory
+        self.ledger = os.path.join(directory, LEDGER)
+        self.poll = poll
+
+    def _read(self) -> List[Dict[str, Any]]:
+        try:
+            with open(self.ledger) as f:
+                entries = json.load(f)
+        except (OSError, ValueError):
+            return []
+        return live_entries(entries if isinstance(entries, list) else [])
+
+    def _write(self, entries: List[Dict[str, Any]]) -> None:
+        tmp = f"{self.ledger}.{os.getpid()}.{threading.get_ident()}"
+        with open(tmp, "w") as f:
+            json.dump(entries, f)
+        os.replace(tmp, self.ledger)
+
+    def try_take(self, entry: Dict[str, Any]) -> bool:
+        """Add ``entry`` to the ledger if it fits in the budget beside the live entries."""
+        with locked(self.ledger + ".lock"):
+            entries = self._read()
+            cpu = sum(int(e.get("cpu", 0)) for e in entries)
+            mem = sum(int(e.get("mem", 0)) for e in entries)
+            full = cpu + entry["cpu"] > self.cpu or mem + entry["mem"] > self.mem_bytes
+            if full and entries:  # (alone, a task always fits: reservations are capped)
+                return False
+            self._write([*entries, entry])
+            return True
+
+    def give_back(self, entry_id: str) -> None:
+        with locked(self.ledger + ".lock"):
+            self._write([e for e in self._read() if e.get("id") != entry_id])
+
+    def reserve(self, cpu: int, mem_bytes: int) -> Reservation:
+        return SharedReservation(self, min(cpu, self.cpu), min(mem_bytes, self.mem_bytes))
+
+
+class SharedReservation(Reservation):
+    """A reservation recorded in the shared ledger for as long as the task runs."""
+
+    scheduler: SharedScheduler
+
+    def __enter__(self) -> SharedReservation:
+        s = self.scheduler
+        entry = {"id": uuid.uuid4().hex, "pid": os.getpid(), "cpu": self.cpu, "mem": self.mem_bytes}
+        t0 = time.monotonic()
+        while not s.try_take(entry):
+            with s._cv:
+                s._cv.wait(s.poll)
+        self.entry_id = str(entry["id"])
+        self.waited = time.monotonic() - t0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        s = self.scheduler
+        s.give_back(self.entry_id)
+        with s._cv:
+            s._cv.notify_all()
+
+
+@contextlib.contextmanager
+def image_lock(directory: str, image: str) -> Iterator[None]:
+    """Serialise the pulls of one image across this user's processes on the node."""
+    digest = hashlib.sha256(image.encode()).hexdigest()[:32]
+    with locked(os.path.join(directory, f"pull-{digest}.lock")):
+        yield

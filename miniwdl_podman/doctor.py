@@ -1,0 +1,595 @@
+"""``miniwdl-podman doctor``: check that rootless Podman works here for miniwdl, and fix it.
+
+Each check reports PASS, WARN, FAIL (or INFO) with the exact fix. ``--fix`` applies what a user
+can fix without root, backing up every file it changes (``FILE.bak-<time>``):
+
+- crun configured on a cgroup v1 host → ``runtime = "runc"`` in ~/.config/containers/containers.conf
+- container storage on a network file system, or the slow vfs driver → a node-local graphroot
+  with the overlay driver in ~/.config/containers/storage.conf (a fresh store: images are
+  pulled again; the old store is left as it was)
+- rootless networking unusable (/dev/net/tun) → ``[podman_rootless] network = none`` in the
+  miniwdl config
+- containers left by dead miniwdl runs → removed
+
+The checks go through the same code as the backend (settings, service, engine), so "PASS"
+means what a ``miniwdl run`` will meet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from WDL.runtime import config as wdl_config
+
+from . import budget, host, identity, mounts, resources
+from . import settings as settings_mod
+from . import spec as spec_mod
+from .engine import Engine, ImageRef
+from .errors import PodmanError, hint_for
+from .settings import SECTION
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
+
+
+@dataclass
+class Check:
+    """One finding: what was checked, how it stands, and how to fix it."""
+
+    name: str
+    status: str
+    detail: str
+    fix: str = ""
+    action: Optional[str] = None  # the --fix action that applies, if any
+    data: Dict[str, Any] = field(default_factory=dict)
+
+
+def containers_config_dir() -> str:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "containers")
+
+
+# -- TOML editing (containers.conf / storage.conf) ----------------------------------------------
+
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def _toml_key(k: str) -> str:
+    return k if _BARE_KEY.match(k) else json.dumps(k)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list) and all(not isinstance(x, dict) for x in v):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise ValueError(f"cannot write {type(v).__name__} values")
+
+
+def dump_toml(data: Dict[str, Any]) -> str:
+    """A TOML document for nested tables of scalars and scalar lists (what these files hold)."""
+    lines: List[str] = []
+
+    def table(prefix: str, d: Dict[str, Any]) -> None:
+        simple = {k: v for k, v in d.items() if not isinstance(v, dict)}
+        nested = {k: v for k, v in d.items() if isinstance(v, dict)}
+        if prefix and (simple or not nested):
+            lines.append(f"[{prefix}]")
+        for k, v in simple.items():
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+        if prefix and (simple or not nested):
+            lines.append("")
+        for k, v in nested.items():
+            table(f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k), v)
+
+    table("", data)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def backup(path: str) -> Optional[str]:
+    """Copy ``path`` aside before changing it; the backup's path (None if it did not exist)."""
+    if not os.path.exists(path):
+        return None
+    dest = f"{path}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
+    shutil.copy2(path, dest)
+    return dest
+
+
+def update_toml(path: str, updates: Dict[str, Dict[str, Any]]) -> str:
+    """Set ``{table: {key: value}}`` (dotted table names) in a TOML file; describe the change."""
+    data: Dict[str, Any] = {}
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    for table, values in updates.items():
+        node = data
+        for part in table.split("."):
+            node = node.setdefault(part, {})
+        node.update(values)
+    text = dump_toml(data)  # raises for content this writer cannot reproduce
+    saved = backup(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(f"# updated by `miniwdl-podman doctor --fix` on {time.ctime()}\n" + text)
+    return f"wrote {path}" + (f" (backup: {saved})" if saved else "")
+
+
+def update_miniwdl_cfg(path: str, section: str, key: str, value: str) -> str:
+    parser = configparser.ConfigParser()
+    if os.path.exists(path):
+        parser.read(path)
+    if not parser.has_section(section):
+        parser.add_section(section)
+    parser.set(section, key, value)
+    saved = backup(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        parser.write(f)
+    return f"set [{section}] {key} = {value} in {path}" + (f" (backup: {saved})" if saved else "")
+
+
+# -- the checks ---------------------------------------------------------------------------------
+
+
+class Doctor:
+    """Runs the checks (and fixes) for the invoking user."""
+
+    def __init__(self, image: Optional[str] = None, logger: Optional[logging.Logger] = None):
+        self.image = image
+        self.logger = logger or logging.getLogger("miniwdl-podman.doctor")
+        self.uid = os.geteuid()
+        self.user = pwd.getpwuid(self.uid).pw_name
+        self.cfg = wdl_config.Loader(self.logger)
+        self.cfg_path: Optional[str] = getattr(self.cfg, "cfg_filename", None)
+        self.settings: Optional[settings_mod.Settings] = None
+        self.engine: Optional[Engine] = None
+
+    # each check appends to self.checks
+    def run(self) -> List[Check]:
+        self.checks: List[Check] = []
+        steps: List[Callable[[], None]] = [
+            self.check_podman,
+            self.check_uidmap,
+            self.check_runtime_dir,
+            self.check_subids,
+            self.check_config,
+            self.check_service,
+            self.check_oci_runtime,
+            self.check_storage,
+            self.check_cgroups,
+            self.check_selinux,
+            self.check_tun,
+            self.check_container,
+            self.check_leftovers,
+        ]
+        try:
+            for step in steps:
+                step()
+        finally:
+            if self.engine is not None:
+                self.engine.close()
+                self.engine = None
+        return self.checks
+
+    def add(self, *args: Any, **kwargs: Any) -> Check:
+        check = Check(*args, **kwargs)
+        self.checks.append(check)
+        return check
+
+    def check_podman(self) -> None:
+        exe = shutil.which("podman")
+        if not exe:
+            self.add(
+                "podman", FAIL, "podman is not on PATH", "install Podman (apt-get install podman)"
+            )
+            return
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+        self.add("podman", PASS, f"{out.stdout.strip()} ({exe})")
+
+    def check_uidmap(self) -> None:
+        missing = [t for t in ("newuidmap", "newgidmap") if not shutil.which(t)]
+        if missing:
+            self.add(
+                "uidmap",
+                FAIL,
+                f"{' and '.join(missing)} not found: rootless Podman cannot map ids",
+                "ask an administrator to install the uidmap package (apt-get install uidmap)",
+            )
+        else:
+            self.add("uidmap", PASS, "newuidmap and newgidmap present")
+
+    def check_runtime_dir(self) -> None:
+        xdg = os.environ.get("XDG_RUNTIME_DIR")
+        if not xdg:
+            base = budget.default_dir(self.uid)
+            self.add(
+                "runtime dir",
+                WARN,
+                "XDG_RUNTIME_DIR is not set (no systemd user session: ssh, su, cron or a batch"
+                f" job); the backend uses a private runtime dir under {base} and its own API"
+                " service instead",
+                "nothing needed; to use a long-lived service instead, `loginctl enable-linger`",
+            )
+            return
+        try:
+            st = os.stat(xdg)
+        except OSError as exn:
+            self.add("runtime dir", FAIL, f"XDG_RUNTIME_DIR={xdg}: {exn.strerror}",
+                     "unset XDG_RUNTIME_DIR, or log in again so that it exists")  # fmt: skip
+            return
+        if st.st_uid != self.uid or st.st_mode & 0o077:
+            self.add(
+                "runtime dir",
+                WARN,
+                f"XDG_RUNTIME_DIR={xdg} is not a 0700 directory of yours; the backend will not"
+                " put its private service there",
+                f"unset XDG_RUNTIME_DIR or fix it (chmod 700 {xdg})",
+            )
+        else:
+            self.add("runtime dir", PASS, f"XDG_RUNTIME_DIR={xdg}")
+
+    def check_subids(self) -> None:
+        uids = host.subid_count(host.read_text("/etc/subuid"), self.user, self.uid)
+        gids = host.subid_count(host.read_text("/etc/subgid"), self.user, self.uid)
+        if uids and gids:
+            self.add("subuids", PASS, f"{uids} subordinate uids, {gids} gids",
+                     data={"subuids": uids, "subgids": gids})  # fmt: skip
+        else:
+            self.add(
+                "subuids",
+                WARN,
+                f"no subordinate uid/gid range for {self.user} in /etc/subuid and /etc/subgid:"
+                " single-uid mode (tasks run as container root; images with a non-root USER,"
+                " or files of several owners, cannot run)",
+                identity.SUBUID_FIX,
+                data={"subuids": uids, "subgids": gids},
+            )
+
+    def check_config(self) -> None:
+        where = self.cfg_path or "no miniwdl config file (defaults and environment only)"
+        try:
+            self.settings = settings_mod.load(self.cfg)
+        except PodmanError as exn:
+            self.add("miniwdl config", FAIL, f"{where}: {exn}", "fix the option named above")
+            return
+        backend = self.cfg.get("scheduler", "container_backend", "docker_swarm")
+        if backend != "podman_rootless":
+            self.add(
+                "miniwdl config",
+                WARN,
+                f"{where}: container_backend is {backend!r}, so miniwdl will not use this backend",
+                "export MINIWDL__SCHEDULER__CONTAINER_BACKEND=podman_rootless, or set"
+                " container_backend = podman_rootless under [scheduler] in your miniwdl config",
+                data={"file": self.cfg_path},
+            )
+        else:
+            self.add("miniwdl config", PASS, f"{where}: container_backend = podman_rootless",
+                     data={"file": self.cfg_path})  # fmt: skip
+
+    def check_service(self) -> None:
+        if self.settings is None:
+            self.add("api service", INFO, "not checked: the configuration is invalid")
+            return
+        engine = Engine(self.settings)
+        try:
+            engine.connect(self.logger)
+        except PodmanError as exn:
+            engine.close()
+            self.add("api service", FAIL, str(exn), hint_for(str(exn)))
+            return
+        self.engine = engine
+        version = engine.version.get("Version", "?")
+        self.add("api service", PASS, f"{engine.source}: {engine.url} (Podman {version})")
+
+    def _info(self) -> Optional[Dict[str, Any]]:
+        return self.engine.info if self.engine is not None else None
+
+    def check_oci_runtime(self) -> None:
+        info = self._info()
+        if info is None:
+            return
+        h = info.get("host", {})
+        name = str(h.get("ociRuntime", {}).get("name", "?"))
+        if name == "crun" and h.get("cgroupVersion") == "v1":
+            runc = shutil.which("runc") or (
+                "/usr/sbin/runc" if os.path.exists("/usr/sbin/runc") else None
+            )
+            self.add(
+                "oci runtime",
+                FAIL,
+                "crun on a cgroup v1 host fails every container ('cgroups in hybrid mode not"
+                " supported')",
+                'set runtime = "runc" under [engine] in ~/.config/containers/containers.conf'
+                + ("" if runc else " (install runc first)"),
+                action="runtime" if runc else None,
+            )
+        else:
+            self.add("oci runtime", PASS, f"{name}")
+
+    def check_storage(self) -> None:
+        info = self._info()
+        if info is None:
+            return
+        store = info.get("store", {})
+        driver = str(store.get("graphDriverName", "?"))
+        graph = str(store.get("graphRoot", ""))
+        run = str(store.get("runRoot", ""))
+        kinds = {p: host.fs_type(p) for p in (graph, run) if p}
+        remote = [f"{p} ({k})" for p, k in kinds.items() if host.is_network_fs(k)]
+        data = {"driver": driver, "graphroot": graph, "runroot": run, "fs_types": kinds}
+        if remote:
+            self.add(
+                "storage location",
+                FAIL,
+                f"container storage on a network file system: {', '.join(remote)}; rootless"
+                " storage there breaks (no user-namespaced ownership, no xattrs) or crawls",
+                "move it to node-local disk (graphroot in ~/.config/containers/storage.conf);"
+                " `--fix` does",
+                action="storage",
+                data=data,
+            )
+        elif kinds.get(graph) == "tmpfs":
+            self.add(
+                "storage location",
+                WARN,
+                f"container images live on tmpfs ({graph}): they use memory and vanish at reboot",
+                "move the graphroot to node-local disk; `--fix` does",
+                action="storage",
+                data=data,
+            )
+        else:
+            self.add("storage location", PASS,
+                     ", ".join(f"{p} ({k})" for p, k in kinds.items()), data=data)  # fmt: skip
+        if graph:
+            free, total = host.free_space(graph)
+            if free < min(2 << 30, total // 10):
+                self.add(
+                    "storage space",
+                    WARN,
+                    f"{free >> 20} MiB free of {total >> 20} MiB under {graph}",
+                    "free space: `podman system prune`, `podman image prune -a`",
+                )
+            else:
+                self.add("storage space", PASS, f"{free >> 30} GiB free under {graph}")
+        if driver == "vfs":
+            self.add(
+                "storage driver",
+                WARN,
+                "vfs: every container copies its whole image (seconds per task)",
+                'use the overlay driver: driver = "overlay" in ~/.config/containers/storage.conf'
+                " with a fresh graphroot; `--fix` does",
+                action="storage",
+            )
+        else:
+            self.add("storage driver", PASS, driver)
+
+    def check_cgroups(self) -> None:
+        info = self._info()
+        if info is None:
+            return
+        enf = resources.enforcement(info)
+        h = info.get("host", {})
+        ctl = ",".join(h.get("cgroupControllers") or []) or "none"
+        what = f"cgroup {h.get('cgroupVersion')}, controllers delegated: {ctl}"
+        if enf.cpu and enf.memory:
+            self.add("cgroups", PASS, f"{what}; cpu and memory limits are enforced")
+        else:
+            self.add("cgroups", WARN, f"{what}; {enf.why_not}: tasks run without hard limits"
+                     " (the scheduler still keeps the host from oversubscription)",
+                     enf.fix)  # fmt: skip
+
+    def check_selinux(self) -> None:
+        info = self._info()
+        enabled = bool(info and info.get("host", {}).get("security", {}).get("selinuxEnabled"))
+        enforcing = mounts.selinux_enforcing()
+        mode = self.settings.selinux if self.settings else "disable"
+        detail = f"SELinux {'enforcing' if enforcing else 'enabled' if enabled else 'off'};"
+        detail += f" [{SECTION}] selinux = {mode}"
+        if enforcing and mode != "disable":
+            self.add("selinux", WARN, detail + ": confined containers cannot read inputs that"
+                     " lack a container label", f"set [{SECTION}] selinux = disable")  # fmt: skip
+        else:
+            self.add("selinux", PASS, detail)
+
+    def check_tun(self) -> None:
+        network = self.settings.network if self.settings else ""
+        if network:
+            self.add("network", PASS, f"[{SECTION}] network = {network}")
+        elif host.tun_usable():
+            self.add("network", PASS, "rootless networking can open /dev/net/tun")
+        else:
+            self.add(
+                "network",
+                FAIL,
+                "/dev/net/tun is missing or not usable by you, so Podman's rootless default"
+                " networking fails every container",
+                f"set [{SECTION}] network = none (tasks get no network; `--fix` does), or ask an"
+                " administrator to `chmod 666 /dev/net/tun`",
+                action="network",
+            )
+
+    def _test_image(self) -> Optional[ImageRef]:
+        assert self.engine is not None
+        if self.image:
+            return self.engine.ensure_image(self.image, self.logger)
+        default = self.cfg.get_dict("task_runtime", "defaults").get("docker", "")
+        found = self.engine._inspect_image(default) if default else None
+        if found:
+            return found
+        resp = self.engine.client.api.get("/images/json")
+        candidates = sorted(resp.json() or [], key=lambda i: i.get("Size", 0))
+        return ImageRef(id=str(candidates[0]["Id"])) if candidates else None
+
+    def check_container(self) -> None:
+        if self.engine is None or self.settings is None:
+            self.add("test container", INFO, "not checked: no Podman API service")
+            return
+        try:
+            image = self._test_image()
+        except PodmanError as exn:
+            self.add("test container", FAIL, str(exn), "pass --image with an image you can pull")
+            return
+        if image is None:
+            self.add(
+                "test container",
+                WARN,
+                "no local image to test with",
+                "run `miniwdl-podman doctor --image IMAGE` (it is pulled if needed)",
+            )
+            return
+        networks = ["none"] + ([self.settings.network] if self.settings.network != "none" else [])
+        with tempfile.TemporaryDirectory(prefix="miniwdl-podman-doctor-") as tmp:
+            for network in networks:
+                spec = spec_mod.ContainerSpec(
+                    name=f"miniwdl-doctor-{os.getpid()}-{network or 'default'}",
+                    image=image.id,
+                    command=["/bin/sh", "-c", "true"],
+                    working_dir="/",
+                    mounts=[],
+                    identity=identity.Identity(userns=""),
+                    labels=spec_mod.labels("doctor", tmp),
+                    network=network,
+                )
+                label = f"test container (network {network or 'default'})"
+                try:
+                    code = self.engine.run(
+                        spec, self.logger, lambda: False, lambda: None, lambda: None
+                    ).code
+                except PodmanError as exn:
+                    action = "network" if network == "" and not host.tun_usable() else None
+                    self.add(label, FAIL, str(exn), hint_for(str(exn)), action=action)
+                    continue
+                if code == 0:
+                    self.add(label, PASS, f"`true` ran in image {image.id[:12]}")
+                else:
+                    self.add(label, FAIL, f"`/bin/sh -c true` exited {code} in {image.id[:12]}",
+                             "the image may lack /bin/sh: pass --image")  # fmt: skip
+
+    def check_leftovers(self) -> None:
+        if self.engine is None:
+            return
+        dead = self.engine.dead_run_containers(self.logger)
+        if dead:
+            self.add("leftovers", WARN, f"{len(dead)} containers left by dead miniwdl runs:"
+                     f" {', '.join(dead[:5])}", "remove them: `--fix` does (or podman rm -f)",
+                     action="leftovers")  # fmt: skip
+        else:
+            self.add("leftovers", PASS, "no containers left by dead miniwdl runs")
+
+    # -- fixes --------------------------------------------------------------------------------
+
+    def fix(self, checks: List[Check]) -> List[str]:
+        """Apply the fixes the failed/warned checks name; describe what was done."""
+        actions = {c.action for c in checks if c.action and c.status in (WARN, FAIL)}
+        done: List[str] = []
+        cfg_dir = containers_config_dir()
+        if "runtime" in actions:
+            done.append(
+                update_toml(
+                    os.path.join(cfg_dir, "containers.conf"), {"engine": {"runtime": "runc"}}
+                )
+            )
+        if "storage" in actions:
+            graph = os.path.join("/var/tmp" if os.access("/var/tmp", os.W_OK) else "/tmp",
+                                 f"containers-{self.uid}", "storage")  # fmt: skip
+            if host.is_network_fs(host.fs_type(graph)):
+                graph = os.path.join(tempfile.gettempdir(), f"containers-{self.uid}", "storage")
+            os.makedirs(graph, mode=0o700, exist_ok=True)
+            values: Dict[str, Dict[str, Any]] = {
+                "storage": {"driver": "overlay", "graphroot": graph}
+            }
+            if not _kernel_at_least(5, 13) and shutil.which("fuse-overlayfs"):
+                values["storage.options.overlay"] = {
+                    "mount_program": shutil.which("fuse-overlayfs")
+                }
+            done.append(update_toml(os.path.join(cfg_dir, "storage.conf"), values))
+            done.append(f"container storage moved to {graph}: images will be pulled again there")
+        if "network" in actions:
+            path = self.cfg_path or os.path.join(
+                os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "miniwdl.cfg"
+            )
+            done.append(update_miniwdl_cfg(path, SECTION, "network", "none"))
+        if "leftovers" in actions and self.settings is not None:
+            engine = Engine(self.settings)
+            try:
+                engine.connect(self.logger)
+                n = engine.reap_dead_runs(self.logger)
+                done.append(f"removed {n} containers left by dead runs")
+            finally:
+                engine.close()
+        return done
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    if m is None:
+        return False
+    return (int(m.group(1)), int(m.group(2))) >= (major, minor)
+
+
+def _print(checks: List[Check]) -> None:
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        print(f"{c.status:4}  {c.name:{width}}  {c.detail}")
+        if c.fix and c.status in (WARN, FAIL):
+            print(f"{'':4}  {'':{width}}  fix: {c.fix}")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="miniwdl-podman doctor",
+        description="Check that rootless Podman works here for miniwdl's podman_rootless backend.",
+    )
+    parser.add_argument("--fix", action="store_true", help="apply the fixes a user can (no root)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--image", help="image for the test container (pulled if needed)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.CRITICAL)
+    doctor = Doctor(image=args.image)
+    checks = doctor.run()
+    fixes: List[str] = []
+    if args.fix:
+        fixes = doctor.fix(checks)
+        if fixes:
+            checks = Doctor(image=args.image).run()
+    failed = any(c.status == FAIL for c in checks)
+    if args.json:
+        print(json.dumps({"checks": [asdict(c) for c in checks], "fixed": fixes,
+                          "ok": not failed}, indent=2))  # fmt: skip
+    else:
+        for line in fixes:
+            print(f"FIXED {line}")
+        _print(checks)
+        if failed and not args.fix and any(c.action for c in checks if c.status == FAIL):
+            print("\nrun `miniwdl-podman doctor --fix` to apply the fixes marked `--fix does`")
+    return 1 if failed else 0
+
+
+def cli(argv: Optional[List[str]] = None) -> int:
+    """``miniwdl-podman SUBCOMMAND``: only ``doctor`` so far."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] != "doctor":
+        print("usage: miniwdl-podman doctor [--fix] [--json] [--image IMAGE]", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return main(argv[1:])

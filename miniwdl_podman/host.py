@@ -1,0 +1,104 @@
+"""Facts about this host that are not Podman's: file system types, subordinate ids, devices.
+
+Shared by the backend (warnings at start) and ``doctor`` (checks and fixes). The parsing is
+pure (functions of a file's text), so it is unit-tested without the files.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Tuple
+
+# file system types on which rootless container storage breaks (no xattrs/whiteouts, no
+# user-namespaced ownership) or crawls; by /proc/self/mountinfo's type name
+NETWORK_FS = {
+    "nfs",
+    "nfs4",
+    "lustre",
+    "gpfs",
+    "cifs",
+    "smb3",
+    "smbfs",
+    "beegfs",
+    "ceph",
+    "glusterfs",
+    "panfs",
+    "afs",
+    "fuse.sshfs",
+    "fuse.glusterfs",
+    "fuse.gpfs",
+    "fuse.ceph-fuse",
+}
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field
+
+
+def parse_mountinfo(text: str) -> Dict[str, str]:
+    """mount point -> file system type, from /proc/self/mountinfo text (later mounts win)."""
+    ans: Dict[str, str] = {}
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right.split():
+            continue
+        ans[_unescape(fields[4])] = right.split()[0]
+    return ans
+
+
+def fs_type(path: str, mountinfo: Optional[str] = None) -> str:
+    """The type of the file system holding ``path`` (the longest mount point it lies under)."""
+    if mountinfo is None:
+        try:
+            with open("/proc/self/mountinfo") as f:
+                mountinfo = f.read()
+        except OSError:
+            return "unknown"
+    mounts = parse_mountinfo(mountinfo)
+    target = os.path.realpath(path)  # resolves the symlinks of the part that exists
+    best = ""
+    for mount_point in mounts:
+        inside = target == mount_point or target.startswith(mount_point.rstrip("/") + "/")
+        if inside and len(mount_point) > len(best):
+            best = mount_point
+    return mounts.get(best, "unknown")
+
+
+def is_network_fs(kind: str) -> bool:
+    return kind in NETWORK_FS or kind.startswith("nfs")
+
+
+def subid_count(text: str, user: str, uid: int) -> int:
+    """How many subordinate ids /etc/subuid (or /etc/subgid) text grants ``user``/``uid``."""
+    total = 0
+    for line in text.splitlines():
+        parts = line.strip().split(":")
+        if len(parts) == 3 and parts[0] in (user, str(uid)) and parts[2].isdigit():
+            total += int(parts[2])
+    return total
+
+
+def read_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def free_space(path: str) -> Tuple[int, int]:
+    """(free bytes available to the user, total bytes) of the file system holding ``path``."""
+    probe = path
+    while not os.path.exists(probe) and probe != "/":
+        probe = os.path.dirname(probe)
+    st = os.statvfs(probe)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def tun_usable(path: str = "/dev/net/tun") -> bool:
+    """Whether rootless networking (slirp4netns/pasta) can open the tun device."""
+    return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)

@@ -1,0 +1,312 @@
+"""``doctor`` against real broken setups, and the HPC login-node behaviours, live."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+
+from .conftest import BASE_IMAGE, PULL_IMAGE, Miniwdl, RunResult, foreign_owned, podman
+
+pytestmark = pytest.mark.podman
+
+ECHO_WDL = """
+version 1.0
+task t {
+    input { String image }
+    command <<< echo ok >>>
+    output { String out = read_string(stdout()) }
+    runtime { docker: image }
+}
+"""
+
+
+def doctor(*args: str, env: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[str, Any]]:
+    """Run `miniwdl-podman doctor --json ARGS`; (exit code, parsed report)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        ["miniwdl-podman", "doctor", "--json", *args],
+        capture_output=True, text=True, env=full_env, timeout=300,
+    )  # fmt: skip
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def check(report: Dict[str, Any], name: str) -> Dict[str, Any]:
+    (found,) = [c for c in report["checks"] if c["name"] == name]
+    return dict(found)
+
+
+def private_containers_config(tmp_path: Path) -> Path:
+    """A copy of the user's ~/.config/containers to break on purpose, via XDG_CONFIG_HOME."""
+    xdg = tmp_path / "xdg-config"
+    shutil.copytree(Path.home() / ".config" / "containers", xdg / "containers")
+    return xdg
+
+
+def test_healthy_setup_passes(miniwdl: Miniwdl) -> None:
+    """On the test bed every check passes or warns with a reason (cgroup v1), and a real test
+    container runs with and without network."""
+    code, report = doctor(env={"MINIWDL_CFG": str(miniwdl.cfg)})
+    assert code == 0 and report["ok"]
+    assert check(report, "miniwdl config")["status"] == "PASS"
+    assert check(report, "test container (network none)")["status"] == "PASS"
+    assert check(report, "test container (network default)")["status"] == "PASS"
+    assert check(report, "cgroups")["status"] in ("PASS", "WARN")
+    assert not [c for c in report["checks"] if c["status"] == "FAIL"]
+
+
+def test_no_xdg_runtime_dir_is_handled(miniwdl: Miniwdl) -> None:
+    """Without XDG_RUNTIME_DIR (ssh/su/cron/batch): doctor explains, and a run just works with
+    a private runtime dir and service."""
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    env["MINIWDL_CFG"] = str(miniwdl.cfg)
+    proc = subprocess.run(
+        ["miniwdl-podman", "doctor", "--json"], capture_output=True, text=True, env=env, timeout=300
+    )
+    report = json.loads(proc.stdout)
+    assert check(report, "runtime dir")["status"] == "WARN"
+    assert "XDG_RUNTIME_DIR is not set" in check(report, "runtime dir")["detail"]
+    assert check(report, "test container (network none)")["status"] == "PASS"
+    (miniwdl.tmp_path / "e.wdl").write_text(ECHO_WDL)
+    res = subprocess.run(
+        ["miniwdl", "run", str(miniwdl.tmp_path / "e.wdl"), f"image={BASE_IMAGE}", "--dir",
+         str(miniwdl.tmp_path / "noxdg") + "/"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"/tmp/miniwdl-podman-{os.getuid()}/" in res.stderr
+
+
+def test_crun_on_cgroup_v1_is_diagnosed_and_fixed(miniwdl: Miniwdl, tmp_path: Path) -> None:
+    """crun configured on this cgroup v1 host: every container fails; doctor says so, --fix
+    sets runc (backing up containers.conf), and the next miniwdl run succeeds."""
+    xdg = private_containers_config(tmp_path)
+    conf = xdg / "containers" / "containers.conf"
+    conf.write_text(conf.read_text().replace('runtime = "runc"', 'runtime = "crun"'))
+    env = {"XDG_CONFIG_HOME": str(xdg), "MINIWDL_CFG": str(miniwdl.cfg)}
+    broken = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert "runc" in broken.clean_failure_line()
+    code, report = doctor(env=env)
+    assert code == 1
+    runtime = check(report, "oci runtime")
+    assert runtime["status"] == "FAIL" and runtime["action"] == "runtime"
+    code, report = doctor("--fix", env=env)
+    assert code == 0, report
+    assert any("containers.conf" in f and "backup" in f for f in report["fixed"])
+    assert 'runtime = "runc"' in conf.read_text()
+    assert list(conf.parent.glob("containers.conf.bak-*"))
+    fixed = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+
+
+def test_storage_on_tmpfs_is_reported_and_moved(miniwdl: Miniwdl, tmp_path: Path) -> None:
+    """A graphroot on tmpfs is named with its real file system type; --fix moves storage to
+    node-local disk and the next run (pulling its image there) succeeds."""
+    xdg = private_containers_config(tmp_path)
+    store = Path("/mnt/mwp-full") / uuid.uuid4().hex
+    (xdg / "containers" / "storage.conf").write_text(
+        f'[storage]\ndriver = "overlay"\ngraphroot = "{store}"\n'
+    )
+    env = {"XDG_CONFIG_HOME": str(xdg), "MINIWDL_CFG": str(miniwdl.cfg)}
+    new_root: Optional[str] = None
+    try:
+        _, report = doctor(env=env)
+        location = check(report, "storage location")
+        assert location["status"] == "WARN" and location["action"] == "storage"
+        assert location["data"]["fs_types"][str(store)] == "tmpfs"
+        _, report = doctor("--fix", env=env)
+        storage_conf = (xdg / "containers" / "storage.conf").read_text()
+        assert str(store) not in storage_conf
+        new_root = check(report, "storage location")["data"]["graphroot"]
+        assert check(report, "storage location")["status"] == "PASS"
+        res = miniwdl.run(ECHO_WDL, f"image={PULL_IMAGE}", env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.outputs["t.out"] == "ok"
+    finally:
+        subprocess.run(["podman", "system", "reset", "-f"], env={**os.environ, **env},
+                       capture_output=True, check=False)  # fmt: skip
+        for path in (str(store), new_root):
+            if path:
+                subprocess.run(["podman", "unshare", "rm", "-rf", path], check=False)
+
+
+def test_leftover_containers_are_found_and_removed(miniwdl: Miniwdl, tmp_path: Path) -> None:
+    """A container labelled by a dead miniwdl process is reported and --fix removes it; one of a
+    live process is left alone."""
+    name = f"miniwdl-leftover-{uuid.uuid4().hex[:8]}"
+    live = f"miniwdl-live-{uuid.uuid4().hex[:8]}"
+    labels = ["--label", f"io.github.miniwdl-podman.host={socket.gethostname()}",
+              "--label", f"io.github.miniwdl-podman.task_dir={tmp_path}"]  # fmt: skip
+    podman("create", "--name", name, "--label", "io.github.miniwdl-podman.pid=999999999",
+           *labels, BASE_IMAGE, "true")  # fmt: skip
+    podman("create", "--name", live, "--label", f"io.github.miniwdl-podman.pid={os.getpid()}",
+           *labels, BASE_IMAGE, "true")  # fmt: skip
+    try:
+        env = {"MINIWDL_CFG": str(miniwdl.cfg)}
+        _, report = doctor(env=env)
+        assert check(report, "leftovers")["status"] == "WARN"
+        assert name in check(report, "leftovers")["detail"]
+        assert live not in check(report, "leftovers")["detail"]
+        _, report = doctor("--fix", env=env)
+        assert podman("container", "exists", name, check=False).returncode == 1
+        assert podman("container", "exists", live, check=False).returncode == 0
+        assert check(report, "leftovers")["status"] == "PASS"
+    finally:
+        podman("rm", "-f", "--ignore", name, live, check=False)
+
+
+@pytest.mark.tun_denied
+def test_unusable_tun_is_diagnosed_and_fixed(miniwdl: Miniwdl) -> None:
+    """/dev/net/tun not usable (set up by `nox -s rootless`): default networking fails; doctor
+    says so, --fix sets network = none in the miniwdl config, and the next run succeeds."""
+    assert not os.access("/dev/net/tun", os.R_OK | os.W_OK), "run via nox -s rootless"
+    env = {"MINIWDL_CFG": str(miniwdl.cfg)}
+    broken = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}")
+    assert "network = none" in broken.clean_failure_line()
+    code, report = doctor(env=env)
+    assert code == 1
+    assert check(report, "network")["status"] == "FAIL"
+    code, report = doctor("--fix", env=env)
+    assert code == 0, report
+    assert "network = none" in miniwdl.cfg.read_text()
+    fixed = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}")
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+
+
+TIMED_WDL = """
+version 1.0
+workflow w {
+    input { String image }
+    scatter (i in range(3)) {
+        call timed { input: image = image }
+    }
+    output { Array[String] spans = timed.span }
+}
+task timed {
+    input { String image }
+    command <<<
+        start=${EPOCHREALTIME/./}
+        sleep 2
+        echo "$start ${EPOCHREALTIME/./}"
+    >>>
+    output { String span = read_string(stdout()) }
+    runtime {
+        docker: image
+        cpu: 1
+    }
+}
+"""
+
+
+def _concurrent_runs(miniwdl: Miniwdl, env: Dict[str, str], n: int = 2) -> List[RunResult]:
+    procs = []
+    for i in range(n):
+        wdl = miniwdl.tmp_path / f"timed{i}.wdl"
+        wdl.write_text(TIMED_WDL)
+        full_env = {**os.environ, "MINIWDL_CFG": str(miniwdl.cfg), **env}
+        run_dir = miniwdl.tmp_path / f"conc{i}"
+        procs.append(
+            (
+                run_dir,
+                subprocess.Popen(
+                    [
+                        "miniwdl",
+                        "run",
+                        str(wdl),
+                        f"image={BASE_IMAGE}",
+                        "--dir",
+                        str(run_dir),
+                        "--verbose",
+                    ],
+                    env=full_env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
+    results = []
+    for run_dir, proc in procs:
+        out, err = proc.communicate(timeout=300)
+        outputs = json.loads(out)["outputs"] if proc.returncode == 0 else {}
+        results.append(RunResult(proc.returncode, out, err, run_dir, outputs, None))
+    return results
+
+
+def _peak(spans: List[str]) -> int:
+    events = []
+    for span in spans:
+        start, end = (int(x) for x in span.split())
+        events += [(start, 1), (end, -1)]
+    running = peak = 0
+    for _, delta in sorted(events):
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+def test_two_concurrent_runs_share_the_nodes_budget(miniwdl: Miniwdl) -> None:
+    """Two runs of the same user on the 2-CPU node, 3 tasks of cpu=1 each: never more than 2
+    tasks at once between them (from the tasks' own start/end times)."""
+    results = _concurrent_runs(miniwdl, {"MINIWDL__SCHEDULER__TASK_CONCURRENCY": "3"})
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    spans = [s for r in results for s in r.outputs["w.spans"]]
+    assert len(spans) == 6
+    assert _peak(spans) <= 2
+
+
+def test_coordination_off_switch_lets_runs_overlap(miniwdl: Miniwdl) -> None:
+    """With [podman_rootless] coordinate = false each run assumes the whole node (so together
+    they exceed it): the documented off switch really switches it off."""
+    results = _concurrent_runs(
+        miniwdl,
+        {
+            "MINIWDL__SCHEDULER__TASK_CONCURRENCY": "3",
+            "MINIWDL__PODMAN_ROOTLESS__COORDINATE": "false",
+        },
+    )
+    for r in results:
+        assert r.returncode == 0, r.stderr[-3000:]
+    assert _peak([s for r in results for s in r.outputs["w.spans"]]) > 2
+
+
+def test_one_pull_across_concurrent_runs(miniwdl: Miniwdl) -> None:
+    """Two concurrent runs needing the same absent image pull it once between them."""
+    podman("rmi", "-f", PULL_IMAGE, check=False)
+    procs = []
+    for i in range(2):
+        (miniwdl.tmp_path / f"p{i}.wdl").write_text(ECHO_WDL)
+        procs.append(
+            subprocess.Popen(
+                [
+                    "miniwdl",
+                    "run",
+                    str(miniwdl.tmp_path / f"p{i}.wdl"),
+                    f"image={PULL_IMAGE}",
+                    "--dir",
+                    str(miniwdl.tmp_path / f"pull{i}") + "/",
+                    "--verbose",
+                ],
+                env={**os.environ, "MINIWDL_CFG": str(miniwdl.cfg)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    logs = ""
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        logs += err
+    assert logs.count("NOTICE image pulled") == 1
+    assert foreign_owned(miniwdl.tmp_path) == []

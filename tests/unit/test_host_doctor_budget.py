@@ -1,0 +1,115 @@
+"""Host facts parsing, doctor's config editing, and the cross-process budget ledger."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+from miniwdl_podman import budget, doctor, host
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MOUNTINFO = """\
+22 1 253:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+40 22 0:45 / /home rw,relatime shared:20 - nfs4 fs:/home rw,vers=4.2
+41 40 0:46 / /home/bob/scratch\\040space rw - lustre 10.0.0.1@tcp:/scratch rw
+42 22 0:47 / /tmp rw - tmpfs tmpfs rw
+"""
+
+
+def test_fs_type_of_nested_mounts_from_mountinfo(tmp_path: Path) -> None:
+    """The nearest mount point wins; escaped spaces are decoded; missing paths use ancestors."""
+    assert host.fs_type("/home/alice/.local/share/containers/storage", MOUNTINFO) == "nfs4"
+    assert host.fs_type("/home/bob/scratch space/graph", MOUNTINFO) == "lustre"
+    assert host.fs_type("/tmp/x", MOUNTINFO) == "tmpfs"
+    assert host.fs_type("/var/lib/containers", MOUNTINFO) == "ext4"
+
+
+def test_network_file_systems_are_recognised() -> None:
+    """NFS, Lustre, GPFS, CIFS, BeeGFS, sshfs are network file systems; ext4/xfs/tmpfs are not."""
+    for kind in ("nfs", "nfs4", "lustre", "gpfs", "cifs", "beegfs", "fuse.sshfs"):
+        assert host.is_network_fs(kind), kind
+    for kind in ("ext4", "xfs", "tmpfs", "btrfs", "overlay"):
+        assert not host.is_network_fs(kind), kind
+
+
+def test_subid_count_by_name_or_uid() -> None:
+    """Ranges are summed for the user's name or uid; other users' lines are ignored."""
+    text = "alice:100000:65536\n1001:300000:1000\nbob:165536:65536\nbroken\n"
+    assert host.subid_count(text, "alice", 1001) == 66536
+    assert host.subid_count(text, "carol", 1002) == 0
+
+
+def test_tun_usable_needs_read_and_write(tmp_path: Path) -> None:
+    """A device the user cannot open read-write, or a missing one, is not usable."""
+    dev = tmp_path / "tun"
+    dev.write_text("")
+    dev.chmod(0o600)
+    assert host.tun_usable(str(dev))
+    dev.chmod(0o400)
+    assert not host.tun_usable(str(dev)) or os.geteuid() == 0
+    assert not host.tun_usable(str(tmp_path / "missing"))
+
+
+def test_update_toml_merges_and_backs_up(tmp_path: Path) -> None:
+    """Existing tables and keys survive, the new values are set, and a backup is kept."""
+    path = tmp_path / "containers.conf"
+    path.write_text('[engine]\nruntime = "crun"\nevents_logger = "file"\n[network]\nx = [1, 2]\n')
+    msg = doctor.update_toml(str(path), {"engine": {"runtime": "runc"}})
+    data = tomllib.loads(path.read_text())
+    assert data["engine"] == {"runtime": "runc", "events_logger": "file"}
+    assert data["network"] == {"x": [1, 2]}
+    backups = list(tmp_path.glob("containers.conf.bak-*"))
+    assert len(backups) == 1 and 'runtime = "crun"' in backups[0].read_text()
+    assert "backup" in msg
+    fresh = tmp_path / "new" / "storage.conf"
+    doctor.update_toml(
+        str(fresh), {"storage": {"graphroot": "/var/tmp/g"}, "storage.options.overlay": {"a": "b"}}
+    )
+    assert tomllib.loads(fresh.read_text())["storage"]["options"]["overlay"] == {"a": "b"}
+
+
+def test_update_miniwdl_cfg(tmp_path: Path) -> None:
+    """A miniwdl config option is set without losing the others."""
+    path = tmp_path / "miniwdl.cfg"
+    path.write_text("[scheduler]\ncontainer_backend = podman_rootless\n")
+    doctor.update_miniwdl_cfg(str(path), "podman_rootless", "network", "none")
+    parser = configparser.ConfigParser()
+    parser.read(path)
+    assert parser.get("scheduler", "container_backend") == "podman_rootless"
+    assert parser.get("podman_rootless", "network") == "none"
+
+
+def test_shared_budget_is_shared_and_ignores_dead_processes(tmp_path: Path) -> None:
+    """Two schedulers on one ledger (as two processes) never exceed the budget together, and
+    entries of dead processes do not count."""
+    (tmp_path / budget.LEDGER).write_text(json.dumps([{"id": "x", "pid": 999999999, "cpu": 2}]))
+    a = budget.SharedScheduler(2, 1 << 30, str(tmp_path), poll=0.01)
+    b = budget.SharedScheduler(2, 1 << 30, str(tmp_path), poll=0.01)
+    held = threading.Event()
+    order = []
+
+    def first() -> None:
+        with a.reserve(2, 0):
+            order.append("a in")
+            held.set()
+            time.sleep(0.2)
+            order.append("a out")
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait()
+    with b.reserve(1, 0) as r:
+        order.append("b in")
+        assert r.waited > 0.1
+    t.join()
+    assert order == ["a in", "a out", "b in"]
+    assert json.loads((tmp_path / budget.LEDGER).read_text()) == []
