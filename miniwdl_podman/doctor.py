@@ -467,7 +467,8 @@ class Doctor:
                     command=["/bin/sh", "-c", "true"],
                     working_dir="/",
                     mounts=[],
-                    identity=identity.Identity(userns=""),
+                    # as container root (you): this tests Podman, not the image's USER
+                    identity=identity.Identity(userns="", user="0:0"),
                     labels=spec_mod.labels("doctor", tmp),
                     network=network,
                 )

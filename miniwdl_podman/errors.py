@@ -72,7 +72,7 @@ _HINTS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
         "install the uidmap package (newuidmap/newgidmap) so rootless Podman can map ids",
     ),
     (
-        ("/etc/subuid", "/etc/subgid", "subuid"),
+        ("/etc/subuid", "/etc/subgid", "subuid", "setup user: invalid argument"),
         "your user needs a subordinate uid/gid range: ask an administrator to run"
         " `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 $USER`,"
         " then run `podman system migrate`",

@@ -19,6 +19,7 @@ from miniwdl_podman.errors import GENERIC_HINT, hint_for
         ),
         ("writing blob: no space left on device", "podman system prune"),
         ("statfs /mnt/nfs/run/stdout.txt: no such file or directory", "podman system migrate"),
+        ("runc create failed: unable to setup user: invalid argument", "usermod --add-subuids"),
     ],
 )
 def test_known_failures_get_their_fix(message: str, needle: str) -> None:
