@@ -28,10 +28,11 @@ import subprocess
 import tarfile
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+import requests
 from podman import PodmanClient, api
 from podman.domain.containers_create import CreateMixin
 from podman.errors import APIError, BuildError, NotFound
@@ -198,6 +199,7 @@ class Engine:
         self._recover_lock = threading.Lock()
         self._images: Dict[str, Future[ImageRef]] = {}
         self._live: Dict[str, str] = {}  # container id -> name, for cleanup at exit
+        self._remover = ThreadPoolExecutor(max_workers=4, thread_name_prefix="podman-remove")
 
     # -- connection ---------------------------------------------------------------------------
 
@@ -335,7 +337,9 @@ class Engine:
         raise AssertionError("unreachable")
 
     def close(self) -> None:
-        """Close the client and stop the private service, if any (idempotent)."""
+        """Finish pending removals, close the client and stop the private service, if any
+        (idempotent)."""
+        self._remover.shutdown(wait=True)
         if self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
@@ -380,7 +384,9 @@ class Engine:
         return len(dead)
 
     def remove_leftovers(self, logger: logging.Logger) -> None:
-        """At process exit: remove containers of this process still registered (best effort)."""
+        """At process exit: finish pending removals, then remove any container of this process
+        still registered (best effort)."""
+        self._remover.shutdown(wait=True)
         with self._lock:
             leftovers = dict(self._live)
         for cid, name in leftovers.items():
@@ -680,8 +686,12 @@ class Engine:
                 )
             return Exit(exit_code, bool(state.get("OOMKilled")))
         finally:
-            if cid is not None:
-                self._remove(cid, spec.name, logger, running=not exited)
+            if cid is not None and exited:
+                # off the critical path: the task's result does not depend on the removal, and
+                # close()/remove_leftovers() wait for pending removals, so nothing is orphaned
+                self._remover.submit(self._remove, cid, spec.name, logger, False)
+            elif cid is not None:
+                self._remove(cid, spec.name, logger, running=True)
 
     def _create(self, spec: ContainerSpec, logger: logging.Logger) -> str:
         payload = CreateMixin._render_payload({"image": spec.image, **spec.create_kwargs()})
@@ -769,11 +779,24 @@ class Engine:
             return None
 
     def _wait_once(self, cid: str) -> int:
-        resp = self.client.api.post(
-            f"/containers/{cid}/wait",
-            params={"condition": ["exited", "stopped"], "interval": self.settings.wait_interval},
-            timeout=_UNBOUNDED,
-        )
+        """Block until the container exits; its exit code. Polls fast for the first
+        ``wait_fast_seconds`` (short tasks return at once), then slowly: each waiting request
+        costs the service a state check per interval, for as long as the task runs."""
+        params = {"condition": ["exited", "stopped"], "interval": self.settings.wait_interval}
+        try:
+            resp = self.client.api.post(
+                f"/containers/{cid}/wait",
+                params=params,
+                timeout=(30.0, self.settings.wait_fast_seconds),
+            )
+        except APIError as exn:
+            if not isinstance(exn.__cause__, requests.exceptions.ReadTimeout):
+                raise
+            # the service stops polling for an abandoned wait (measured): wait again, slowly
+            params["interval"] = self.settings.wait_interval_long
+            resp = self.client.api.post(
+                f"/containers/{cid}/wait", params=params, timeout=_UNBOUNDED
+            )
         resp.raise_for_status()
         return int(resp.json())
 

@@ -30,6 +30,8 @@ DEFAULTS: Dict[str, Tuple[str, str]] = {
     "service_start_timeout": ("30", "seconds to wait for a private service to answer"),
     "api_timeout": ("300", "seconds any single API request (other than wait) may take"),
     "wait_interval": ("20ms", "how often the server checks whether a container has exited"),
+    "wait_fast_seconds": ("5", "for how long a task is checked every wait_interval"),
+    "wait_interval_long": ("500ms", "how often it is checked after that"),
     "pull": ("missing", "missing: pull only absent images; always; never"),
     "network": ("", "container network mode; empty: Podman's rootless default; none: no network"),
     "init": ("true", "run an init process in the container so signals reach the command"),
@@ -55,6 +57,8 @@ class Settings:
     service_start_timeout: float = 30.0
     api_timeout: float = 300.0
     wait_interval: str = "20ms"
+    wait_fast_seconds: float = 5.0
+    wait_interval_long: str = "500ms"
     pull: str = "missing"
     network: str = ""
     init: bool = True
@@ -140,6 +144,8 @@ def from_mapping(
         "service_start_timeout": _number("service_start_timeout", get("service_start_timeout")),
         "api_timeout": _number("api_timeout", get("api_timeout")),
         "wait_interval": _duration("wait_interval", get("wait_interval")),
+        "wait_fast_seconds": _number("wait_fast_seconds", get("wait_fast_seconds")),
+        "wait_interval_long": _duration("wait_interval_long", get("wait_interval_long")),
         "pull": _choice("pull", get("pull"), PULL_POLICIES),
         "network": get("network"),
         "init": _bool("init", get("init")),

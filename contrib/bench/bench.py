@@ -1,0 +1,273 @@
+"""Benchmark: per-task overhead of podman_rootless vs. the raw CLI, raw podman-py and miniwdl's
+built-in ``podman`` backend, all on the same host, image, storage, in one run.
+
+Run as the unprivileged user whose rootless Podman works (``nox -s bench`` arranges it). Rows:
+
+1. floor: ``podman run --rm --network none IMG true``, sequential
+2. floor: podman-py create + start + wait(interval=20ms) + remove, sequential
+3. podman_rootless: ``miniwdl run`` of a scatter of N ``true`` tasks at concurrency 1/4/16/64
+4. miniwdl's built-in ``podman`` backend, rootless (``[podman] exe = ["podman"]``,
+   ``[file_io] chown = false``), the same scatters
+5. a scatter of 16 tasks each writing 1,000 files (ownership path), both backends
+6. peak RSS of the miniwdl process at concurrency 64, both backends
+
+Prints one table (median and spread over the repetitions, ratios to rows 1 and 4) and writes it,
+with the host facts, to ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+REGISTRY = os.environ.get("MINIWDL_PODMAN_TEST_REGISTRY", "127.0.0.1:5000")
+# the built-in backend always runs `podman pull`, so the image must come from a registry
+IMAGE = f"{REGISTRY}/miniwdl-podman-test/pullme:2"
+
+SCATTER_WDL = """
+version 1.0
+workflow bench {
+    input {
+        Int n
+        Int files = 0
+        String image
+    }
+    scatter (i in range(n)) {
+        call t { input: files = files, image = image }
+    }
+}
+task t {
+    input {
+        Int files
+        String image
+    }
+    command <<<
+        i=0
+        while [ $i -lt ~{files} ]; do echo $i > f$i; i=$((i + 1)); done
+    >>>
+    runtime { docker: image }
+}
+"""
+
+
+def podman_json(*args: str) -> Dict[str, object]:
+    return dict(json.loads(subprocess.run(["podman", *args], capture_output=True, text=True,
+                                          check=True).stdout))  # fmt: skip
+
+
+def host_facts() -> Dict[str, str]:
+    info = podman_json("info", "--format", "json")
+    host = info["host"]
+    store = info["store"]
+    assert isinstance(host, dict) and isinstance(store, dict)
+    return {
+        "podman": str(info.get("version", {}).get("Version", "?")),  # type: ignore[attr-defined]
+        "runtime": f"{host['ociRuntime']['name']} {host['ociRuntime'].get('version', '').split()[2] if len(host['ociRuntime'].get('version', '').split()) > 2 else ''}".strip(),  # noqa: E501
+        "storage driver": str(store["graphDriverName"]),
+        "cgroups": f"{host['cgroupVersion']} ({host.get('cgroupManager', '?')})",
+        "kernel": platform.release(),
+        "cpus": str(os.cpu_count()),
+        "python": platform.python_version(),
+    }
+
+
+def timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def cli_floor(n: int) -> float:
+    def go() -> None:
+        for _ in range(n):
+            subprocess.run(["podman", "run", "--rm", "--network", "none", IMAGE, "true"],
+                           check=True, capture_output=True)  # fmt: skip
+
+    return timed(go) / n
+
+
+def podmanpy_floor(n: int) -> float:
+    from podman import PodmanClient
+
+    from miniwdl_podman import engine, service
+
+    base = tempfile.mkdtemp(prefix="mwpb-", dir="/tmp")
+    svc = service.PrivateService("podman", base)
+    svc.start(engine.ping, 30)
+    try:
+        client = PodmanClient(base_url=svc.url)
+
+        def go() -> None:
+            for _ in range(n):
+                c = client.containers.create(IMAGE, ["true"], network_mode="none")
+                c.start()
+                c.wait(interval="20ms")
+                c.remove(force=True)
+
+        return timed(go) / n
+    finally:
+        svc.stop()
+        os.rmdir(base)
+
+
+def miniwdl_scatter(
+    backend: str, n: int, concurrency: int, files: int = 0, rss: bool = False
+) -> Tuple[float, int]:
+    """(wall seconds per task, peak RSS bytes of the miniwdl process or 0)."""
+    with tempfile.TemporaryDirectory(prefix="mwpb-") as tmp:
+        wdl = Path(tmp) / "bench.wdl"
+        wdl.write_text(SCATTER_WDL)
+        cfg = Path(tmp) / "miniwdl.cfg"
+        cfg.write_text("")
+        env = dict(os.environ)
+        env.update(
+            {
+                "MINIWDL_CFG": str(cfg),
+                "MINIWDL__SCHEDULER__CONTAINER_BACKEND": backend,
+                "MINIWDL__SCHEDULER__TASK_CONCURRENCY": str(concurrency),
+                "MINIWDL__CALL_CACHE__GET": "false",
+                "MINIWDL__CALL_CACHE__PUT": "false",
+                "MINIWDL__PODMAN_ROOTLESS__NETWORK": "none",
+                "MINIWDL__PODMAN__EXE": '["podman"]',
+                "MINIWDL__FILE_IO__CHOWN": "false",
+            }
+        )
+        cmd = ["miniwdl", "run", str(wdl), f"n={n}", f"files={files}", f"image={IMAGE}",
+               "--dir", tmp + "/run/"]  # fmt: skip
+        peak = 0
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        if rss:
+
+            def watch() -> None:
+                nonlocal peak
+                while proc.poll() is None:
+                    try:
+                        with open(f"/proc/{proc.pid}/status") as f:
+                            for line in f:
+                                if line.startswith("VmHWM:"):
+                                    peak = max(peak, int(line.split()[1]) * 1024)
+                    except OSError:
+                        pass
+                    time.sleep(0.05)
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+        _, err = proc.communicate()
+        wall = time.perf_counter() - t0
+        if rss:
+            watcher.join()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{backend} scatter failed: {err[-2000:]}")
+        for bad in ("database is locked", "Connection pool is full"):
+            if bad in err:
+                raise RuntimeError(f"{backend} scatter logged {bad!r}")
+        subprocess.run(["podman", "unshare", "rm", "-rf", tmp + "/run"], check=False)
+        return wall / n, peak
+
+
+def summarise(samples: List[float]) -> Tuple[float, float]:
+    med = statistics.median(samples)
+    spread = (max(samples) - min(samples)) / 2 if len(samples) > 1 else 0.0
+    return med, spread
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100, help="scatter size")
+    ap.add_argument("--floor-n", type=int, default=40, help="containers per floor measurement")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--concurrency", default="1,4,16,64")
+    ap.add_argument("--out", default="docs/benchmarks.md")
+    args = ap.parse_args(argv)
+    subprocess.run(["podman", "pull", "-q", IMAGE], check=True, capture_output=True)
+    facts = host_facts()
+    print("host:", facts, flush=True)
+    rows: List[Tuple[str, List[float], str]] = []  # (label, samples, kind)
+
+    def measure(label: str, fn: Callable[[], float], kind: str = "s/task") -> List[float]:
+        samples = []
+        for _ in range(args.reps):
+            samples.append(fn())
+        rows.append((label, samples, kind))
+        med, spread = summarise(samples)
+        print(f"{label:60} {med:.4f} ± {spread:.4f} {kind}", flush=True)
+        return samples
+
+    cli = measure("1. CLI `podman run --rm --network none` (sequential)",
+                  lambda: cli_floor(args.floor_n))  # fmt: skip
+    measure("2. podman-py create+start+wait(20ms)+remove (sequential)",
+            lambda: podmanpy_floor(args.floor_n))  # fmt: skip
+    ours: Dict[int, List[float]] = {}
+    builtin: Dict[int, List[float]] = {}
+    for c in [int(x) for x in args.concurrency.split(",")]:
+        ours[c] = measure(f"3. podman_rootless, scatter {args.n}, concurrency {c}",
+                          lambda c=c: miniwdl_scatter("podman_rootless", args.n, c)[0])  # fmt: skip
+        builtin[c] = measure(f"4. built-in podman, scatter {args.n}, concurrency {c}",
+                             lambda c=c: miniwdl_scatter("podman", args.n, c)[0])  # fmt: skip
+    measure("5. podman_rootless, 16 tasks x 1,000 files, concurrency 16",
+            lambda: miniwdl_scatter("podman_rootless", 16, 16, files=1000)[0])  # fmt: skip
+    measure("5. built-in podman, 16 tasks x 1,000 files, concurrency 16",
+            lambda: miniwdl_scatter("podman", 16, 16, files=1000)[0])  # fmt: skip
+    top = max(ours)
+    measure(
+        f"6. podman_rootless, peak RSS of miniwdl at concurrency {top}",
+        lambda: miniwdl_scatter("podman_rootless", args.n, top, rss=True)[1] / 2**20,
+        "MiB",
+    )
+    measure(
+        f"6. built-in podman, peak RSS of miniwdl at concurrency {top}",
+        lambda: miniwdl_scatter("podman", args.n, top, rss=True)[1] / 2**20,
+        "MiB",
+    )
+
+    cli_med = summarise(cli)[0]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} by `nox -s bench` (`contrib/bench/bench.py`), as",
+        "an unprivileged user, one run measuring every row side by side: same host, image",
+        f"(`{IMAGE}`, busybox + bash), storage and network (`none` for the CLI, podman-py and",
+        "podman_rootless rows; the built-in backend has no network option and uses Podman's",
+        f"default). Median ± half the range over {args.reps} repetitions. Scatter rows are",
+        "`miniwdl run` wall time divided by the number of tasks (so they include miniwdl's own",
+        "start-up and per-task work).",
+        "",
+        "| host | |",
+        "| --- | --- |",
+        *[f"| {k} | {v} |" for k, v in facts.items()],
+        "",
+        "| row | median | ± | unit | vs row 1 | vs built-in (row 4) |",
+        "| --- | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for label, samples, kind in rows:
+        med, spread = summarise(samples)
+        vs_cli = f"{med / cli_med:.2f}x" if kind == "s/task" else ""
+        vs_builtin = ""
+        if label.startswith("3.") and kind == "s/task":
+            c = int(label.rsplit(" ", 1)[1])
+            vs_builtin = f"{summarise(builtin[c])[0] / med:.2f}x faster"
+        lines.append(f"| {label} | {med:.4f} | {spread:.4f} | {kind} | {vs_cli} | {vs_builtin} |")
+    out = Path(args.out)
+    existing = out.read_text() if out.exists() else ""
+    marker = "\n## Analysis"
+    analysis = existing[existing.index(marker) :] if marker in existing else ""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n" + analysis)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
