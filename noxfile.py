@@ -1,4 +1,5 @@
-"""nox sessions: lint, typecheck, unit, tests (live, as yourself), rootless (as root: test bed).
+"""nox sessions: lint, typecheck, unit, tests (live, as yourself), rootless (as root: test bed),
+bench (the benchmark of docs/benchmarks.md).
 
 ``nox -s lint typecheck rootless`` as root on a fresh Debian 12 machine is the full CI run: it
 prepares an unprivileged user with rootless Podman (contrib/testbed/setup.sh) and runs the whole
@@ -8,6 +9,7 @@ test suite as that user, failing (never skipping) if rootless Podman cannot run.
 from __future__ import annotations
 
 import os
+import sys
 
 import nox
 
@@ -54,3 +56,17 @@ def rootless(session: nox.Session) -> None:
     if os.geteuid() != 0:
         session.error("run as root: it installs packages and creates the test user")
     session.run("bash", "contrib/testbed/run-tests.sh", *session.posargs, external=True)
+
+
+@nox.session(python=False)
+def bench(session: nox.Session) -> None:
+    """Benchmark against the raw CLI and miniwdl's built-in podman backend (docs/benchmarks.md).
+
+    As root: prepares the test bed and runs the benchmark as its unprivileged user. As a user
+    whose rootless Podman works (and with the test bed's loopback registry): runs it directly.
+    Arguments go to contrib/bench/bench.py (e.g. `nox -s bench -- --reps 5`).
+    """
+    if os.geteuid() == 0:
+        session.run("bash", "contrib/testbed/bench.sh", *session.posargs, external=True)
+    else:
+        session.run(sys.executable, "contrib/bench/bench.py", *session.posargs, external=True)

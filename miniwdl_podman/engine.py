@@ -53,12 +53,17 @@ from .errors import (
     PodmanUnavailable,
     hint_for,
 )
+from .identity import Identity
 from .settings import SECTION, Settings
 from .spec import LABEL_HOST, LABEL_PID, LABEL_PROBE, ContainerSpec
+from .spec import labels as spec_labels
 
 # (connect, read) timeout for requests that legitimately block for as long as the task runs
 _UNBOUNDED = (30.0, None)
 _BUILD_TIMEOUT = 24 * 3600.0
+# at most this many container state checks a second, all of this process's fast waits together
+_POLLS_PER_SECOND = 200
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 INLINE_REPO = "localhost/miniwdl-inline"
 
 
@@ -126,6 +131,14 @@ class ImageProbe:
         except APIError:
             return False
         return bool(resp.status_code == 200)
+
+
+def _seconds(duration: str) -> float:
+    """Seconds in a Go-style duration such as ``20ms`` or ``1.5s`` (validated by settings)."""
+    for unit in ("ns", "us", "ms", "s", "m"):
+        if duration.endswith(unit) and duration[: -len(unit)].replace(".", "", 1).isdigit():
+            return float(duration[: -len(unit)]) * _DURATION_UNITS[unit]
+    return 0.02
 
 
 def _build_log_lines(log: Any) -> List[str]:
@@ -199,6 +212,7 @@ class Engine:
         self._recover_lock = threading.Lock()
         self._images: Dict[str, Future[ImageRef]] = {}
         self._live: Dict[str, str] = {}  # container id -> name, for cleanup at exit
+        self._waiting = 0  # waits in flight
         self._remover = ThreadPoolExecutor(max_workers=4, thread_name_prefix="podman-remove")
 
     # -- connection ---------------------------------------------------------------------------
@@ -596,34 +610,22 @@ class Engine:
     @contextlib.contextmanager
     def image_probe(self, image_id: str, logger: logging.Logger) -> Iterator[ImageProbe]:
         """An unstarted container of the image, to read files and test paths; removed after."""
-        name = f"miniwdl-probe-{image_id[:12]}-{os.getpid()}-{threading.get_ident() % 100000}"
-        try:
-            resp = self.client.api.post(
-                "/containers/create",
-                headers={"content-type": "application/json"},
-                data=api.prepare_body(
-                    CreateMixin._render_payload(
-                        {
-                            "image": image_id,
-                            "command": ["true"],
-                            "name": name,
-                            "network_mode": "none",
-                            "labels": {LABEL_PROBE: "1"},
-                        }
-                    )
-                ),
-            )
-            resp.raise_for_status()
-        except APIError as exn:
-            raise ContainerFailed(
-                f"Podman could not inspect the files of image {image_id[:12]}: {_explain(exn)};"
-                f" {hint_for(_explain(exn))}"
-            ) from None
-        cid = str(resp.json()["Id"])
+        probe = ContainerSpec(
+            name=f"miniwdl-probe-{image_id[:12]}-{os.getpid()}-{threading.get_ident() % 100000}",
+            image=image_id,
+            command=["true"],
+            working_dir="/",
+            mounts=[],
+            identity=Identity(userns=""),
+            labels={**spec_labels("image-probe", ""), LABEL_PROBE: "1"},
+            network="none",
+            init=False,
+        )
+        cid = self._create(probe, logger)
         try:
             yield ImageProbe(self.client, cid)
         finally:
-            self._remove(cid, name, logger, running=False)
+            self._remove(cid, probe.name, logger, running=False)
 
     def unshare_chown(self, paths: List[str]) -> Optional[str]:
         """Give ``paths`` back to the invoking user via ``podman unshare chown``; error or None.
@@ -782,7 +784,7 @@ class Engine:
         """Block until the container exits; its exit code. Polls fast for the first
         ``wait_fast_seconds`` (short tasks return at once), then slowly: each waiting request
         costs the service a state check per interval, for as long as the task runs."""
-        params = {"condition": ["exited", "stopped"], "interval": self.settings.wait_interval}
+        params = {"condition": ["exited", "stopped"], "interval": self._fast_interval()}
         try:
             resp = self.client.api.post(
                 f"/containers/{cid}/wait",
@@ -800,6 +802,15 @@ class Engine:
         resp.raise_for_status()
         return int(resp.json())
 
+    def _fast_interval(self) -> str:
+        """``wait_interval``, stretched so that all of this process's waits together ask the
+        service for at most ``_POLLS_PER_SECOND`` state checks (each costs it CPU, which the
+        tasks need when many run at once)."""
+        base = _seconds(self.settings.wait_interval)
+        with self._lock:
+            waiting = self._waiting
+        return f"{max(base, waiting / _POLLS_PER_SECOND) * 1000:.0f}ms"
+
     def _wait(
         self,
         cid: str,
@@ -814,11 +825,15 @@ class Engine:
         done = threading.Event()
 
         def waiter() -> None:
+            with self._lock:
+                self._waiting += 1
             try:
                 outcome["exit_code"] = self._wait_once(cid)
             except BaseException as exn:
                 outcome["error"] = exn
             finally:
+                with self._lock:
+                    self._waiting -= 1
                 done.set()
 
         reconnects = 0
