@@ -14,7 +14,6 @@ import atexit
 import logging
 import os
 import threading
-from concurrent.futures import Future
 from contextlib import ExitStack
 from typing import Callable, ClassVar, Dict, List, Optional
 
@@ -28,6 +27,7 @@ from . import mounts as mounts_mod
 from . import settings as settings_mod
 from . import spec as spec_mod
 from ._logging import notice
+from ._once import Once
 from .engine import Engine, ImageRef, pool_size_for
 from .errors import ContainerFailed, PodmanError
 
@@ -43,7 +43,7 @@ class PodmanRootless(TaskContainer):
     _init_error: ClassVar[Optional[PodmanError]] = None
     _host_ids: ClassVar[Optional[identity.HostIds]] = None
     _selinux_enforcing: ClassVar[bool] = False
-    _identities: ClassVar[Dict[str, Future[identity.Identity]]] = {}
+    _identities: ClassVar[Once[identity.Identity]] = Once()
     _enforcement: ClassVar[resources.Enforcement] = resources.Enforcement(cpu=False, memory=False)
     _limits_notice_done: ClassVar[bool] = False
 
@@ -150,14 +150,8 @@ class PodmanRootless(TaskContainer):
         """The task's identity for this image, worked out once per image per process."""
         engine, settings, host = self._engine, self._settings, self._host_ids
         assert engine is not None and settings is not None and host is not None
-        with self._init_lock:
-            fut = self._identities.get(ref.id)
-            owner = fut is None
-            if fut is None:
-                fut = self._identities[ref.id] = Future()
-        if not owner:
-            return fut.result()
-        try:
+
+        def resolve() -> identity.Identity:
             user = identity.ImageUser(spec=ref.user, resolved=False)
             home_exists = None
             if not (user.is_root or settings.as_user or host.single_uid):
@@ -168,22 +162,20 @@ class PodmanRootless(TaskContainer):
                     if user.home and user.home != "/":
                         home_exists = probe.exists(user.home)
             ans = identity.plan(host, image, user, settings.as_user, home_exists)
-        except BaseException as exn:
-            fut.set_exception(exn)
-            raise
-        fut.set_result(ans)
-        logger.info(
-            _(
-                "task identity",
-                image=image,
-                image_user=ref.user,
-                mode=ans.mode,
-                userns=ans.userns or "rootless default (container root = you)",
-                user=ans.user,
-                home=ans.home,
+            logger.info(
+                _(
+                    "task identity",
+                    image=image,
+                    image_user=ref.user,
+                    mode=ans.mode,
+                    userns=ans.userns or "rootless default (container root = you)",
+                    user=ans.user,
+                    home=ans.home,
+                )
             )
-        )
-        return ans
+            return ans
+
+        return self._identities.get(ref.id, resolve)[0]
 
     def _settle_ownership(self, logger: logging.Logger) -> None:
         """Give back files the task left owned by other uids, or fail the task naming them.

@@ -28,7 +28,7 @@ import subprocess
 import tarfile
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
@@ -45,6 +45,7 @@ from . import host as host_mod
 from . import images as images_mod
 from . import service as service_mod
 from ._logging import notice
+from ._once import Once
 from .errors import (
     GENERIC_HINT,
     ContainerFailed,
@@ -210,7 +211,7 @@ class Engine:
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
         self._recover_lock = threading.Lock()
-        self._images: Dict[str, Future[ImageRef]] = {}
+        self._images: Once[ImageRef] = Once()
         self._live: Dict[str, str] = {}  # container id -> name, for cleanup at exit
         self._waiting = 0  # waits in flight
         self._remover = ThreadPoolExecutor(max_workers=4, thread_name_prefix="podman-remove")
@@ -410,22 +411,10 @@ class Engine:
 
     def ensure_image(self, image: str, logger: logging.Logger) -> ImageRef:
         """``image`` in the local store, pulling it once per process if needed."""
-        with self._lock:
-            fut = self._images.get(image)
-            owner = fut is None
-            if fut is None:
-                fut = self._images[image] = Future()
-        if not owner:
-            t0 = time.monotonic()
-            ref = fut.result()
+        t0 = time.monotonic()
+        ref, first = self._images.get(image, lambda: self._resolve_image(image, logger))
+        if not first:
             logger.info(_("image ready", image=image, id=ref.id[:12], waited=time.monotonic() - t0))
-            return ref
-        try:
-            ref = self._resolve_image(image, logger)
-        except BaseException as exn:
-            fut.set_exception(exn)
-            raise
-        fut.set_result(ref)
         return ref
 
     def _inspect_image(self, ref: str) -> Optional[ImageRef]:
@@ -546,21 +535,9 @@ class Engine:
         """Build an inline Dockerfile once per content (cached in the store by its hash)."""
         digest = hashlib.sha256(dockerfile.encode("utf-8")).hexdigest()
         tag = f"{INLINE_REPO}:{digest[:40]}"
-        with self._lock:
-            fut = self._images.get(tag)
-            owner = fut is None
-            if fut is None:
-                fut = self._images[tag] = Future()
-        if not owner:
-            ref = fut.result()
+        ref, first = self._images.get(tag, lambda: self._build(dockerfile, tag, log_path, logger))
+        if not first:
             logger.info(_("inlineDockerfile image ready", tag=tag, id=ref.id[:12]))
-            return ref
-        try:
-            ref = self._build(dockerfile, tag, log_path, logger)
-        except BaseException as exn:
-            fut.set_exception(exn)
-            raise
-        fut.set_result(ref)
         return ref
 
     def _build(self, dockerfile: str, tag: str, log_path: str, logger: logging.Logger) -> ImageRef:

@@ -23,6 +23,29 @@ OFFLINE_IMAGE = "127.0.0.1:5999/miniwdl-podman-test/offline:2"
 REGISTRY = os.environ.get("MINIWDL_PODMAN_TEST_REGISTRY", "127.0.0.1:5000")
 PULL_IMAGE = f"{REGISTRY}/miniwdl-podman-test/pullme:2"
 LABEL_TASK_DIR = "io.github.miniwdl-podman.task_dir"
+# a scatter of n tasks each echoing its index: outputs w.got == list(range(n))
+INDEXED_SCATTER_WDL = """
+version 1.0
+workflow w {
+    input {
+        Int n
+        String image
+    }
+    scatter (i in range(n)) {
+        call t { input: i = i, image = image }
+    }
+    output { Array[Int] got = t.got }
+}
+task t {
+    input {
+        Int i
+        String image
+    }
+    command <<< echo ~{i} >>>
+    output { Int got = read_int(stdout()) }
+    runtime { docker: image }
+}
+"""
 SETUP_HINT = (
     "prepare this machine with `sudo bash contrib/testbed/setup.sh` and run the live tests as"
     " its unprivileged user (or just run `nox -s rootless` as root)"

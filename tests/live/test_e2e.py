@@ -11,6 +11,7 @@ import pytest
 
 from .conftest import (
     BASE_IMAGE,
+    INDEXED_SCATTER_WDL,
     OFFLINE_IMAGE,
     PULL_IMAGE,
     Miniwdl,
@@ -210,27 +211,9 @@ def test_registry_image_pulled_once_for_scatter_of_8(miniwdl: Miniwdl, tmp_path:
     """An image only in the loopback registry is pulled exactly once for a scatter of 8."""
     podman("rmi", "-f", PULL_IMAGE, check=False)
     assert podman("image", "exists", PULL_IMAGE, check=False).returncode == 1
-    wdl = """
-version 1.0
-workflow w {
-    input { String image }
-    scatter (i in range(8)) {
-        call t { input: i = i, image = image }
-    }
-    output { Array[Int] got = t.got }
-}
-task t {
-    input {
-        Int i
-        String image
-    }
-    command <<< echo ~{i} >>>
-    output { Int got = read_int(stdout()) }
-    runtime { docker: image }
-}
-"""
     res = miniwdl.run(
-        wdl,
+        INDEXED_SCATTER_WDL,
+        "n=8",
         f"image={PULL_IMAGE}",
         env={"MINIWDL__SCHEDULER__TASK_CONCURRENCY": "8"},
         args=["--verbose"],

@@ -16,6 +16,7 @@ import pytest
 
 from .conftest import (
     BASE_IMAGE,
+    INDEXED_SCATTER_WDL,
     PULL_IMAGE,
     Miniwdl,
     containers_under,
@@ -297,27 +298,9 @@ def test_64_concurrent_tasks_one_pull_no_errors(miniwdl: Miniwdl) -> None:
     """64 tasks at task_concurrency 64: one pull, no 'database is locked', no connection-pool
     warnings, every task's right output."""
     podman("rmi", "-f", PULL_IMAGE, check=False)
-    wdl = """
-version 1.0
-workflow w {
-    input { String image }
-    scatter (i in range(64)) {
-        call t { input: i = i, image = image }
-    }
-    output { Array[Int] got = t.got }
-}
-task t {
-    input {
-        Int i
-        String image
-    }
-    command <<< echo ~{i} >>>
-    output { Int got = read_int(stdout()) }
-    runtime { docker: image }
-}
-"""
     res = miniwdl.run(
-        wdl,
+        INDEXED_SCATTER_WDL,
+        "n=64",
         f"image={PULL_IMAGE}",
         env={"MINIWDL__SCHEDULER__TASK_CONCURRENCY": "64"},
         args=["--verbose"],
