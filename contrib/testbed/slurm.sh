@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# As root: a single-host Slurm cluster (slurmctld + slurmd on this machine, munge auth) from
+# Debian's packages, for the Slurm backend's tests (issue 9). Idempotent: a running cluster is
+# left as it is. Settings that work in an unprivileged sandbox without systemd (field notes):
+# linuxproc process tracking, no task plugin, no accounting, cons_tres with CR_Core_Memory.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+[ "$(id -u)" = 0 ] || tb_die "run as root"
+
+missing=()
+for p in slurm-wlm munge; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+fi
+
+# munge: a key, then the daemon as the munge user
+if [ ! -s /etc/munge/munge.key ]; then
+    dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
+fi
+chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
+install -d -o munge -g munge -m 755 /run/munge
+pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged --force
+
+host=$(hostname -s)
+cpus=$(nproc)
+mem_mb=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 - 1024 ))
+install -d -o slurm -g slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+cat > /etc/slurm/slurm.conf <<CONF
+# written by miniwdl_podman contrib/testbed/slurm.sh: one host is controller and node
+ClusterName=miniwdl-podman-test
+SlurmctldHost=$host
+AuthType=auth/munge
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SlurmUser=slurm
+SlurmdUser=root
+StateSaveLocation=/var/spool/slurmctld
+SlurmdSpoolDir=/var/spool/slurmd
+SlurmctldLogFile=/var/log/slurm/slurmctld.log
+SlurmdLogFile=/var/log/slurm/slurmd.log
+ReturnToService=2
+MpiDefault=none
+NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP
+CONF
+pgrep -x slurmctld >/dev/null || slurmctld
+pgrep -x slurmd >/dev/null || slurmd
+for _ in $(seq 60); do
+    sinfo -h -o %T 2>/dev/null | grep -qx idle && break
+    sleep 0.5
+done
+state=$(sinfo -h -o %T 2>/dev/null || true)
+[ "$state" = idle ] || tb_die "Slurm did not come up idle (state: '$state'); see /var/log/slurm/"
+tb_log "Slurm ready: node $host, $cpus CPUs, ${mem_mb} MB"
