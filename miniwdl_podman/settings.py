@@ -73,12 +73,17 @@ class Settings:
     as_user: bool = False
 
 
+def _invalid(name: str, value: str, expected: str) -> ConfigError:
+    """The error for an invalid option: its name, value, what is expected, and its env var."""
+    return ConfigError(
+        f"invalid [{SECTION}] {name} = {value!r}; {expected}"
+        f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
+    )
+
+
 def _choice(name: str, value: str, choices: Tuple[str, ...]) -> str:
     if value not in choices:
-        raise ConfigError(
-            f"invalid [{SECTION}] {name} = {value!r}; choose one of {', '.join(choices)}"
-            f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
-        )
+        raise _invalid(name, value, f"choose one of {', '.join(choices)}")
     return value
 
 
@@ -88,10 +93,7 @@ def _number(name: str, value: str) -> float:
     except ValueError:
         ans = -1.0
     if ans <= 0:
-        raise ConfigError(
-            f"invalid [{SECTION}] {name} = {value!r}; expected a positive number of seconds"
-            f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
-        )
+        raise _invalid(name, value, "expected a positive number of seconds")
     return ans
 
 
@@ -101,18 +103,12 @@ def _bool(name: str, value: str) -> bool:
         return True
     if v in ("false", "0", "no", "off"):
         return False
-    raise ConfigError(
-        f"invalid [{SECTION}] {name} = {value!r}; expected true or false"
-        f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
-    )
+    raise _invalid(name, value, "expected true or false")
 
 
 def _duration(name: str, value: str) -> str:
     if not _DURATION.match(value):
-        raise ConfigError(
-            f"invalid [{SECTION}] {name} = {value!r}; expected a duration such as 20ms or 1s"
-            f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
-        )
+        raise _invalid(name, value, "expected a duration such as 20ms or 1s")
     return value
 
 
@@ -122,10 +118,7 @@ def _str_list(name: str, value: str) -> Tuple[str, ...]:
     except ValueError:
         parsed = None
     if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
-        raise ConfigError(
-            f"invalid [{SECTION}] {name} = {value!r}; expected a JSON list of strings such as"
-            f' ["a", "b"] (env MINIWDL__{SECTION.upper()}__{name.upper()})'
-        )
+        raise _invalid(name, value, 'expected a JSON list of strings such as ["a", "b"]')
     return tuple(parsed)
 
 
