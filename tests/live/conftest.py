@@ -14,7 +14,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -111,14 +111,17 @@ class Miniwdl:
         self.cfg.write_text("[scheduler]\ncontainer_backend = podman_rootless\n")
         self.runs = 0
 
-    def run(
+    def start(
         self,
         wdl: str,
         *inputs: str,
         env: Optional[Dict[str, str]] = None,
         args: Optional[List[str]] = None,
-        timeout: float = 600,
-    ) -> RunResult:
+        capture: bool = True,
+    ) -> Tuple[subprocess.Popen[str], Path]:
+        """Launch ``miniwdl run`` in the background; (the process, its run directory).
+        Without ``capture`` its output is discarded (a process nobody reads from must not
+        block on a full pipe)."""
         self.runs += 1
         wdl_path = self.tmp_path / f"test{self.runs}.wdl"
         wdl_path.write_text(wdl)
@@ -133,35 +136,39 @@ class Miniwdl:
             }
         )
         full_env.update(env or {})
-        proc = subprocess.run(
+        out = subprocess.PIPE if capture else subprocess.DEVNULL
+        proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "WDL",
-                "run",
-                str(wdl_path),
-                *inputs,
-                "--dir",
-                str(run_dir),
-                "--error-json",
-                *(args or []),
+                *(sys.executable, "-m", "WDL", "run", str(wdl_path), *inputs),
+                *("--dir", str(run_dir), "--error-json", *(args or [])),
             ],
-            capture_output=True,
-            text=True,
-            env=full_env,
-            timeout=timeout,
-            cwd=self.tmp_path,
-        )
+            stdout=out, stderr=out, text=True, env=full_env, cwd=self.tmp_path,
+        )  # fmt: skip
+        return proc, run_dir
+
+    def run(
+        self,
+        wdl: str,
+        *inputs: str,
+        env: Optional[Dict[str, str]] = None,
+        args: Optional[List[str]] = None,
+        timeout: float = 600,
+    ) -> RunResult:
+        proc, run_dir = self.start(wdl, *inputs, env=env, args=args)
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        finally:
+            proc.kill()
         outputs: Dict[str, Any] = {}
         error = None
         if proc.returncode == 0:
-            outputs = json.loads(proc.stdout)["outputs"]
+            outputs = json.loads(stdout)["outputs"]
         else:
             try:
-                error = json.loads(proc.stdout)
+                error = json.loads(stdout)
             except ValueError:
                 error = None
-        return RunResult(proc.returncode, proc.stdout, proc.stderr, run_dir, outputs, error)
+        return RunResult(proc.returncode, stdout, stderr, run_dir, outputs, error)
 
 
 @pytest.fixture

@@ -212,34 +212,12 @@ task timed {
 
 
 def _concurrent_runs(miniwdl: Miniwdl, env: Dict[str, str], n: int = 2) -> List[RunResult]:
-    procs = []
-    for i in range(n):
-        wdl = miniwdl.tmp_path / f"timed{i}.wdl"
-        wdl.write_text(TIMED_WDL)
-        full_env = {**os.environ, "MINIWDL_CFG": str(miniwdl.cfg), **env}
-        run_dir = miniwdl.tmp_path / f"conc{i}"
-        procs.append(
-            (
-                run_dir,
-                subprocess.Popen(
-                    [
-                        "miniwdl",
-                        "run",
-                        str(wdl),
-                        f"image={BASE_IMAGE}",
-                        "--dir",
-                        str(run_dir),
-                        "--verbose",
-                    ],
-                    env=full_env,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                ),
-            )
-        )
+    procs = [
+        miniwdl.start(TIMED_WDL, f"image={BASE_IMAGE}", env=env, args=["--verbose"])
+        for _ in range(n)
+    ]
     results = []
-    for run_dir, proc in procs:
+    for proc, run_dir in procs:
         out, err = proc.communicate(timeout=300)
         outputs = json.loads(out)["outputs"] if proc.returncode == 0 else {}
         results.append(RunResult(proc.returncode, out, err, run_dir, outputs, None))
@@ -287,26 +265,9 @@ def test_coordination_off_switch_lets_runs_overlap(miniwdl: Miniwdl) -> None:
 def test_one_pull_across_concurrent_runs(miniwdl: Miniwdl) -> None:
     """Two concurrent runs needing the same absent image pull it once between them."""
     podman("rmi", "-f", PULL_IMAGE, check=False)
-    procs = []
-    for i in range(2):
-        (miniwdl.tmp_path / f"p{i}.wdl").write_text(ECHO_WDL)
-        procs.append(
-            subprocess.Popen(
-                [
-                    "miniwdl",
-                    "run",
-                    str(miniwdl.tmp_path / f"p{i}.wdl"),
-                    f"image={PULL_IMAGE}",
-                    "--dir",
-                    str(miniwdl.tmp_path / f"pull{i}") + "/",
-                    "--verbose",
-                ],
-                env={**os.environ, "MINIWDL_CFG": str(miniwdl.cfg)},
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
+    procs = [
+        miniwdl.start(ECHO_WDL, f"image={PULL_IMAGE}", args=["--verbose"])[0] for _ in range(2)
+    ]
     logs = ""
     for proc in procs:
         _, err = proc.communicate(timeout=300)

@@ -326,28 +326,11 @@ task sleepy {
     runtime { docker: image }
 }
 """
-    (tmp_path / "w.wdl").write_text(wdl)
-    env = dict(os.environ)
-    env.update(
-        {
-            "MINIWDL_CFG": str(miniwdl.cfg),
-            "MINIWDL__PODMAN_ROOTLESS__SERVICE": "private",
-            "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": str(runtime_dir),
-        }
-    )
-    proc = subprocess.Popen(
-        [
-            "miniwdl",
-            "run",
-            str(tmp_path / "w.wdl"),
-            f"image={BASE_IMAGE}",
-            "--dir",
-            str(tmp_path / "r") + "/",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = {
+        "MINIWDL__PODMAN_ROOTLESS__SERVICE": "private",
+        "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": str(runtime_dir),
+    }
+    proc, _ = miniwdl.start(wdl, f"image={BASE_IMAGE}", env=env, capture=False)
     try:
         deadline = time.monotonic() + 60
         while not _service_processes(str(runtime_dir)) and time.monotonic() < deadline:

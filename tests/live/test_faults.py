@@ -10,7 +10,7 @@ import subprocess
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, List
 
 import pytest
 
@@ -67,21 +67,8 @@ def _running(tmp_path: Path) -> List[str]:
     return [n for n in containers_under(tmp_path) if n in out]
 
 
-def _start_run(
-    miniwdl: Miniwdl, tmp_path: Path, inputs: List[str], env: Optional[Dict[str, str]] = None
-) -> subprocess.Popen[str]:
-    (tmp_path / "bg.wdl").write_text(SLEEPY_WDL)
-    full_env = dict(os.environ)
-    full_env.update({"MINIWDL_CFG": str(miniwdl.cfg), **(env or {})})
-    return subprocess.Popen(
-        ["miniwdl", "run", str(tmp_path / "bg.wdl"), *inputs, "--dir", str(tmp_path / "bg") + "/",
-         "--verbose"],
-        env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-
-
-def _log(tmp_path: Path) -> str:
-    return next((tmp_path / "bg").glob("*/workflow.log")).read_text()
+def _log(run_dir: Path) -> str:
+    return next(run_dir.glob("*/workflow.log")).read_text()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -90,7 +77,7 @@ def test_signal_kills_and_removes_running_containers(
 ) -> None:
     """SIGINT/SIGTERM to miniwdl kills (not stops) every running task container and removes it;
     the run reports the interruption as miniwdl does."""
-    proc = _start_run(miniwdl, tmp_path, ["n=2", f"image={BASE_IMAGE}"])
+    proc, run_dir = miniwdl.start(SLEEPY_WDL, "n=2", f"image={BASE_IMAGE}", args=["--verbose"])
     try:
         _wait_for(lambda: len(_running(tmp_path)) == 2, what="2 running task containers")
         proc.send_signal(sig)
@@ -99,7 +86,7 @@ def test_signal_kills_and_removes_running_containers(
         proc.kill()
     assert proc.returncode != 0
     assert "Traceback" not in stderr
-    log = _log(tmp_path)
+    log = _log(run_dir)
     assert log.count("podman container killed") >= 2
     assert "Terminated" in stderr or "terminat" in stderr.lower()
     assert containers_under(tmp_path) == []
@@ -118,7 +105,7 @@ def test_containers_of_a_sigkilled_run_are_reaped_by_the_next(
 ) -> None:
     """After miniwdl is SIGKILLed, its container survives; the next run on the host removes it
     (its pid label names a dead process) and says so."""
-    proc = _start_run(miniwdl, tmp_path, ["n=1", f"image={BASE_IMAGE}"])
+    proc, _ = miniwdl.start(SLEEPY_WDL, "n=1", f"image={BASE_IMAGE}", args=["--verbose"])
     try:
         _wait_for(lambda: len(_running(tmp_path)) == 1, what="the task container")
     finally:
@@ -167,20 +154,11 @@ def test_private_service_killed_mid_task_is_restarted_and_result_kept(
 ) -> None:
     """The private API service dies mid-task: it is restarted, the backend waits on the same
     container again, and the task's real exit status (4, allowed) and output are kept."""
-    (tmp_path / "f.wdl").write_text(FINISH_WDL)
-    env = dict(os.environ)
-    env.update(
-        {
-            "MINIWDL_CFG": str(miniwdl.cfg),
-            "MINIWDL__PODMAN_ROOTLESS__SERVICE": "private",
-            "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": str(short_dir),
-        }
-    )
-    proc = subprocess.Popen(
-        ["miniwdl", "run", str(tmp_path / "f.wdl"), f"image={BASE_IMAGE}",
-         "--dir", str(tmp_path / "r") + "/", "--verbose"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    env = {
+        "MINIWDL__PODMAN_ROOTLESS__SERVICE": "private",
+        "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": str(short_dir),
+    }
+    proc, run_dir = miniwdl.start(FINISH_WDL, f"image={BASE_IMAGE}", env=env, args=["--verbose"])
     try:
         _wait_for(lambda: len(_running(tmp_path)) == 1, what="the task container")
         pids = _service_pids(str(short_dir))
@@ -191,7 +169,7 @@ def test_private_service_killed_mid_task_is_restarted_and_result_kept(
         proc.kill()
     assert proc.returncode == 0, stderr[-3000:]
     assert '"finish.out": "finished"' in stdout
-    log = next((tmp_path / "r").glob("*/task.log")).read_text()
+    log = next(run_dir.glob("*/task.log")).read_text()
     assert "private podman service died; restarting it" in log
     assert "exit_code: 4" in log
 
@@ -214,20 +192,10 @@ def test_external_service_restarted_mid_task_is_waited_for(
         return svc
 
     svc = serve()
-    (tmp_path / "f.wdl").write_text(FINISH_WDL)
-    env = dict(os.environ)
-    env.update(
-        {
-            "MINIWDL_CFG": str(miniwdl.cfg),
-            "XDG_RUNTIME_DIR": str(xdg),
-            "MINIWDL__PODMAN_ROOTLESS__SERVICE": "external",
-        }
+    env = {"XDG_RUNTIME_DIR": str(xdg), "MINIWDL__PODMAN_ROOTLESS__SERVICE": "external"}
+    proc, run_dir = miniwdl.start(
+        FINISH_WDL, f"image={BASE_IMAGE}", "secs=6", env=env, args=["--verbose"]
     )
-    proc = subprocess.Popen(
-        ["miniwdl", "run", str(tmp_path / "f.wdl"), f"image={BASE_IMAGE}", "secs=6",
-         "--dir", str(tmp_path / "r") + "/", "--verbose"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
     try:
         _wait_for(lambda: len(_running(tmp_path)) == 1, what="the task container")
         svc.kill()
@@ -242,7 +210,7 @@ def test_external_service_restarted_mid_task_is_waited_for(
         svc.wait(30)
     assert proc.returncode == 0, stderr[-3000:]
     assert '"finish.out": "finished"' in stdout
-    log = next((tmp_path / "r").glob("*/task.log")).read_text()
+    log = next(run_dir.glob("*/task.log")).read_text()
     assert "podman service not answering; waiting for it to come back" in log
 
 
@@ -271,14 +239,7 @@ task victim {
 """
     mode = tmp_path / "mode.txt"
     mode.write_text("sleep")
-    (tmp_path / "v.wdl").write_text(wdl)
-    env = dict(os.environ)
-    env["MINIWDL_CFG"] = str(miniwdl.cfg)
-    proc = subprocess.Popen(
-        ["miniwdl", "run", str(tmp_path / "v.wdl"), f"image={BASE_IMAGE}", f"mode={mode}",
-         "--dir", str(tmp_path / "r") + "/", "--verbose"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, run_dir = miniwdl.start(wdl, f"image={BASE_IMAGE}", f"mode={mode}", args=["--verbose"])
     try:
         _wait_for(lambda: len(_running(tmp_path)) == 1, what="the task container")
         with open(mode, "w") as f:  # same inode: the retry's mount sees it
@@ -289,7 +250,7 @@ task victim {
         proc.kill()
     assert proc.returncode == 0, stderr[-3000:]
     assert '"victim.out": "retried"' in stdout
-    log = next((tmp_path / "r").glob("2*/task.log")).read_text()
+    log = next(run_dir.glob("2*/task.log")).read_text()
     assert "was removed while the task ran" in log
     assert "Interrupted" in log
 
@@ -400,14 +361,7 @@ task t {
     runtime { docker: image }
 }
 """
-    (tmp_path / "vanish.wdl").write_text(wdl)
-    env = dict(os.environ)
-    env["MINIWDL_CFG"] = str(miniwdl.cfg)
-    proc = subprocess.Popen(
-        ["miniwdl", "run", str(tmp_path / "vanish.wdl"), f"f={victim}", f"image={BASE_IMAGE}",
-         "--dir", str(tmp_path / "r") + "/"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, _ = miniwdl.start(wdl, f"f={victim}", f"image={BASE_IMAGE}")
     try:
         _wait_for(lambda: len(_running(tmp_path)) == 1, what="the first task")
         victim.unlink()
@@ -543,7 +497,7 @@ def test_inputs_unchanged_and_outputs_owned_after_faults(miniwdl: Miniwdl, tmp_p
     data = tmp_path / "in.txt"
     data.write_text("keep me\n")
     before = snapshot([data])
-    proc = _start_run(miniwdl, tmp_path, ["n=2", f"image={BASE_IMAGE}"])
+    proc, run_dir = miniwdl.start(SLEEPY_WDL, "n=2", f"image={BASE_IMAGE}", args=["--verbose"])
     try:
         _wait_for(lambda: len(_running(tmp_path)) == 2, what="2 running task containers")
         proc.send_signal(signal.SIGINT)
@@ -551,7 +505,7 @@ def test_inputs_unchanged_and_outputs_owned_after_faults(miniwdl: Miniwdl, tmp_p
     finally:
         proc.kill()
     assert snapshot([data]) == before
-    assert foreign_owned(tmp_path / "bg") == []
+    assert foreign_owned(run_dir) == []
 
 
 def test_malformed_image_name_fails_with_one_line(miniwdl: Miniwdl) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -280,17 +279,14 @@ task t {
     runtime { docker: image }
 }
 """
-    (tmp_path / "t.wdl").write_text(wdl)
-    env = dict(os.environ)
-    env.update({"MINIWDL_CFG": str(miniwdl.cfg), "MINIWDL__PODMAN_ROOTLESS__SELINUX": mode})
-    run_dir = tmp_path / "run"
-    proc = subprocess.Popen(
-        [
-            "miniwdl", "run", str(tmp_path / "t.wdl"), f"f={src}", f"image={BASE_IMAGE}",
-            "--dir", str(run_dir) + "/", "--debug",
-        ],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc, run_dir = miniwdl.start(
+        wdl,
+        f"f={src}",
+        f"image={BASE_IMAGE}",
+        env={"MINIWDL__PODMAN_ROOTLESS__SELINUX": mode},
+        args=["--debug"],
+        capture=False,
+    )
     try:
         deadline = time.monotonic() + 30
         names: List[str] = []
