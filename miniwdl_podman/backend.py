@@ -22,7 +22,7 @@ from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.task_container import TaskContainer
 
-from . import __version__, budget, identity, ownership, resources
+from . import __version__, budget, identity, ownership, resources, usage
 from . import mounts as mounts_mod
 from . import settings as settings_mod
 from . import spec as spec_mod
@@ -204,6 +204,20 @@ class PodmanRootless(TaskContainer):
                 count=len(foreign),
                 files=ownership.describe(foreign),
             )
+        )
+
+    def _report_usage(self, logger: logging.Logger, tracker: usage.UsageTracker) -> None:
+        if not tracker.samples:
+            logger.debug(_("task resource usage not sampled: the task ended within a second"))
+            return
+        notice(
+            logger,
+            _(
+                "task resource usage",
+                peak_rss_mib=round(tracker.peak_rss / 2**20, 1),
+                cpu_seconds=round(tracker.cpu_seconds, 2),
+                samples=tracker.samples,
+            ),
         )
 
     def _explain_failure(self, logger: logging.Logger) -> None:
@@ -404,13 +418,25 @@ class PodmanRootless(TaskContainer):
                 )
             )
             poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
-            outcome = engine.run(
-                spec,
-                logger,
-                terminating,
-                poll=poll_stderr,
-                running=lambda: cleanup.enter_context(self.task_running_context()),
-            )
+            tracker = usage.UsageTracker()
+            container: Dict[str, object] = {}
+
+            def running(cid: str) -> None:
+                container["id"] = cid
+                cleanup.enter_context(self.task_running_context())
+
+            def poll() -> None:
+                poll_stderr()
+                # from the first poll on (a task that ends sooner costs nothing): sample the
+                # container's processes in /proc for peak memory and CPU time
+                if "pid" not in container and "id" in container:
+                    container["pid"] = engine.container_pid(str(container["id"]), logger)
+                pid = int(container.get("pid") or 0)
+                if pid:
+                    tracker.add(usage.sample_tree(pid))
+
+            outcome = engine.run(spec, logger, terminating, poll=poll, running=running)
+        self._report_usage(logger, tracker)
         self._settle_ownership(logger)
         if not self.success_exit_code(outcome.code):
             self._explain_failure(logger)
@@ -418,6 +444,9 @@ class PodmanRootless(TaskContainer):
                 outcome.code, outcome.oom_killed, mem, memory_limit, self._enforcement.memory
             )
             if killed:
-                logger.error(_(killed, exit_code=outcome.code, oom_killed=outcome.oom_killed))
+                peak = {"peak_rss_mib": round(tracker.peak_rss / 2**20)} if tracker.samples else {}
+                logger.error(
+                    _(killed, exit_code=outcome.code, oom_killed=outcome.oom_killed, **peak)
+                )
                 self.failure_info = {"explanation": killed, "oom_killed": outcome.oom_killed}
         return outcome.code

@@ -475,7 +475,7 @@ class Doctor:
                 label = f"test container (network {network or 'default'})"
                 try:
                     code = self.engine.run(
-                        spec, self.logger, lambda: False, lambda: None, lambda: None
+                        spec, self.logger, lambda: False, lambda: None, lambda _cid: None
                     ).code
                 except PodmanError as exn:
                     action = "network" if network == "" and not host.tun_usable() else None

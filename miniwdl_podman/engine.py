@@ -635,16 +635,18 @@ class Engine:
         logger: logging.Logger,
         terminating: Callable[[], bool],
         poll: Callable[[], None],
-        running: Callable[[], None],
+        running: Callable[[str], None],
         poll_period: float = 1.0,
     ) -> Exit:
-        """Create, start and wait for the container; remove it on every path."""
+        """Create, start and wait for the container; remove it on every path. ``running`` is
+        called with the container id once it has started; ``poll`` every ``poll_period``
+        while it runs, and once after it exits."""
         cid: Optional[str] = None
         exited = False
         try:
             cid = self._create(spec, logger)
             self._start(cid, spec, logger)
-            running()
+            running(cid)
             exit_code = self._wait(cid, spec, logger, terminating, poll, poll_period)
             exited = True
             if exit_code == 0:
@@ -863,6 +865,11 @@ class Engine:
         except APIError:
             return {}
         return dict(resp.json().get("State") or {})
+
+    def container_pid(self, cid: str, logger: logging.Logger) -> int:
+        """The host pid of the running container's first process; 0 once it has exited."""
+        state = self._state(cid, logger)
+        return int((state or {}).get("Pid") or 0)
 
     def _kill(self, cid: str, name: str, logger: logging.Logger) -> None:
         try:

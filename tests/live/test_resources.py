@@ -4,6 +4,7 @@ Dockerfiles, privileged."""
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from typing import List, Tuple
 
@@ -111,6 +112,34 @@ task killed {
     assert "SIGKILL (exit status 137)" in explanation
     assert "runtime.memory 300.0 MiB" in explanation
     assert "SIGKILL (exit status 137)" in res.log()
+
+
+def test_task_log_reports_peak_memory_and_cpu_time(miniwdl: Miniwdl) -> None:
+    """A task that holds ~200 MiB and spins for 3 s has its peak memory and CPU time in the
+    task log (sampled from /proc, so also on this cgroup v1 host)."""
+    wdl = """
+version 1.0
+task hungry {
+    input { String image }
+    command <<<
+        s=$(head -c 200000000 /dev/zero | tr '\\0' x)
+        end=$((SECONDS + 3))
+        while (( SECONDS < end )); do :; done
+        echo ${#s}
+    >>>
+    output { Int n = read_int(stdout()) }
+    runtime { docker: image }
+}
+"""
+    res = miniwdl.run(wdl, f"image={BASE_IMAGE}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["hungry.n"] == 200000000
+    found = re.search(
+        r"task resource usage :: peak_rss_mib: ([\d.]+), cpu_seconds: ([\d.]+)", res.log()
+    )
+    assert found, res.log()[-3000:]
+    assert float(found.group(1)) >= 190
+    assert float(found.group(2)) >= 1.5
 
 
 GPU_WDL = """
