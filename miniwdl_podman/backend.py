@@ -22,14 +22,12 @@ from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.task_container import TaskContainer
 
-from . import __version__, budget, identity, ownership, resources, usage
+from . import __version__, budget, identity, launch, resources
 from . import mounts as mounts_mod
 from . import settings as settings_mod
-from . import spec as spec_mod
 from ._logging import notice
-from ._once import Once
-from .engine import Engine, ImageRef, pool_size_for
-from .errors import ContainerFailed, PodmanError
+from .engine import Engine, pool_size_for
+from .errors import PodmanError
 
 
 class PodmanRootless(TaskContainer):
@@ -43,7 +41,7 @@ class PodmanRootless(TaskContainer):
     _init_error: ClassVar[Optional[PodmanError]] = None
     _host_ids: ClassVar[Optional[identity.HostIds]] = None
     _selinux_enforcing: ClassVar[bool] = False
-    _identities: ClassVar[Once[identity.Identity]] = Once()
+    _launcher: ClassVar[Optional[launch.Launcher]] = None
     _enforcement: ClassVar[resources.Enforcement] = resources.Enforcement(cpu=False, memory=False)
     _limits_notice_done: ClassVar[bool] = False
 
@@ -84,6 +82,7 @@ class PodmanRootless(TaskContainer):
             logger.info(_("sharing the node's cpu/memory budget with your other runs",
                           ledger=cls._scheduler.ledger))  # fmt: skip
         cls._host_ids = identity.host_ids(engine.info, os.geteuid(), os.getegid())
+        cls._launcher = launch.Launcher(engine, settings, cls._host_ids)
         cls._enforcement = resources.enforcement(engine.info)
         cls._selinux_enforcing = mounts_mod.selinux_enforcing()
         notice(
@@ -146,80 +145,6 @@ class PodmanRootless(TaskContainer):
         # a retry gets a fresh work dir, so it must copy or bind the inputs again
         self._bind_input_files = True
 
-    def _identity(self, image: str, ref: ImageRef, logger: logging.Logger) -> identity.Identity:
-        """The task's identity for this image, worked out once per image per process."""
-        engine, settings, host = self._engine, self._settings, self._host_ids
-        assert engine is not None and settings is not None and host is not None
-
-        def resolve() -> identity.Identity:
-            user = identity.ImageUser(spec=ref.user, resolved=False)
-            home_exists = None
-            if not (user.is_root or settings.as_user or host.single_uid):
-                with engine.image_probe(ref.id, logger) as probe:
-                    user = identity.resolve_image_user(
-                        image, ref.user, probe.read("/etc/passwd"), probe.read("/etc/group")
-                    )
-                    if user.home and user.home != "/":
-                        home_exists = probe.exists(user.home)
-            ans = identity.plan(host, image, user, settings.as_user, home_exists)
-            logger.info(
-                _(
-                    "task identity",
-                    image=image,
-                    image_user=ref.user,
-                    mode=ans.mode,
-                    userns=ans.userns or "rootless default (container root = you)",
-                    user=ans.user,
-                    home=ans.home,
-                )
-            )
-            return ans
-
-        return self._identities.get(ref.id, resolve)[0]
-
-    def _settle_ownership(self, logger: logging.Logger) -> None:
-        """Give back files the task left owned by other uids, or fail the task naming them.
-
-        Always, whatever ``[file_io] chown`` says: miniwdl itself chmods the whole run directory
-        after a task and fails with a traceback on any file the user does not own.
-        """
-        engine = self._engine
-        assert engine is not None
-        roots = [self.host_work_dir(), self.host_stdout_txt(), self.host_stderr_txt()]
-        foreign = ownership.foreign_paths(roots, os.geteuid(), os.getegid())
-        if not foreign:
-            return
-        error = engine.unshare_chown(foreign)
-        still = ownership.foreign_paths(foreign, os.geteuid(), os.getegid())
-        if still:
-            raise PodmanError(
-                f"the task left {len(still)} files owned by other users"
-                f" ({ownership.describe(still)}) that could not be given back to you:"
-                f" {error or 'unknown error'}; remove them with `podman unshare rm -rf PATH`"
-            )
-        logger.warning(
-            _(
-                "task left files owned by other users (e.g. chown or tar -x as container root);"
-                " gave them back to you with `podman unshare chown`",
-                count=len(foreign),
-                files=ownership.describe(foreign),
-            )
-        )
-
-    def _report_usage(self, logger: logging.Logger, tracker: usage.UsageTracker) -> None:
-        if not tracker.samples:
-            logger.debug(_("task resource usage not sampled: the task ended within a second"))
-            return
-        notice(
-            logger,
-            _(
-                "task resource usage",
-                peak_rss_mib=round(tracker.peak_rss / 2**20, 1),
-                cpu_seconds=round(tracker.cpu_seconds, 2),
-                samples=tracker.samples,
-            ),
-        )
-
     def _explain_failure(self, logger: logging.Logger) -> None:
         """Explain well-known causes visible in the failed task's stderr (full disk; SELinux
         'Permission denied' on an enforcing host with confined containers)."""
@@ -259,9 +184,7 @@ class PodmanRootless(TaskContainer):
                 )
             )
 
-    def _prepare_mounts(
-        self, relabel: Optional[str], tmpfs: Optional[str]
-    ) -> List[mounts_mod.Mount]:
+    def _prepare_mounts(self, relabel: Optional[str]) -> List[mounts_mod.Mount]:
         """Create the host mount points (owned by the invoking user) and plan the mounts."""
         self.touch_mount_point(self.host_stdout_txt())
         self.touch_mount_point(self.host_stderr_txt())
@@ -282,9 +205,7 @@ class PodmanRootless(TaskContainer):
             host_stderr=self.host_stderr_txt(),
             host_command=os.path.join(self.host_dir, "command"),
         )
-        return mounts_mod.plan(
-            paths, self.input_path_map, self._bind_input_files, relabel=relabel, tmpfs=tmpfs
-        )
+        return mounts_mod.plan(paths, self.input_path_map, self._bind_input_files, relabel=relabel)
 
     def _hard_limits(self, logger: logging.Logger, cpu: int, memory_limit: int) -> Dict[str, int]:
         """Create kwargs for the hard limits this host enforces; say once what it cannot."""
@@ -327,29 +248,61 @@ class PodmanRootless(TaskContainer):
         )
         return settings.network
 
-    def _gpu_devices(self, settings: settings_mod.Settings) -> List[str]:
-        """CDI devices for a runtime.gpu task, checked before anything is created."""
-        if not self.runtime_values.get("gpu", False):
-            return []
-        missing = resources.missing_cdi_devices(settings.gpu_devices, settings.cdi_spec_dirs)
-        if missing:
-            raise ContainerFailed(
-                f"runtime.gpu needs the CDI device(s) {', '.join(missing)}, but no CDI spec in"
-                f" {', '.join(settings.cdi_spec_dirs)} declares them; generate one (NVIDIA:"
-                " `sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`), or set"
-                " [podman_rootless] gpu_devices / cdi_spec_dirs"
-            )
-        return list(settings.gpu_devices)
+    def _plan(
+        self,
+        settings: settings_mod.Settings,
+        logger: logging.Logger,
+        command: str,
+        limits: Dict[str, int],
+    ) -> launch.TaskPlan:
+        """Write the command script, make the mount points, and plan the task's container
+        (everything decided before its image is resolved)."""
+        security_opt, relabel = mounts_mod.selinux_plan(settings.selinux)
+        if self.runtime_values.get("privileged", False):
+            logger.warning(_("runtime.privileged enabled (security & portability warning)"))
+        try:
+            with open(os.path.join(self.host_dir, "command"), "w") as outfile:
+                outfile.write(command)
+            task_mounts = self._prepare_mounts(relabel)
+        except OSError as exn:
+            raise PodmanError(
+                f"cannot prepare the task's files in {self.host_dir}: {exn.strerror}"
+                f" ({exn.filename}); free space there or make it writable, or run elsewhere"
+                " (miniwdl run --dir)"
+            ) from None
+        inline = str(self.runtime_values.get("inlineDockerfile") or "")
+        image = ""
+        if not inline:
+            image = self.runtime_values.get("docker") or self.cfg.get_dict(
+                "task_runtime", "defaults"
+            ).get("docker", "ubuntu:22.04")
+        return launch.TaskPlan(
+            run_id=self.run_id,
+            task_dir=self.host_dir,
+            try_counter=self.try_counter,
+            container_dir=self.container_dir,
+            mounts=task_mounts,
+            image=str(image),
+            inline_dockerfile=inline,
+            env={str(k): str(v) for k, v in self.runtime_values.get("env", {}).items()},
+            privileged=bool(self.runtime_values.get("privileged", False)),
+            network=self._network(settings, logger),
+            security_opt=security_opt,
+            limits=limits,
+            gpu=bool(self.runtime_values.get("gpu", False)),
+            writable=[self.host_work_dir(), self.host_stdout_txt(), self.host_stderr_txt()],
+        )
 
     def _run(self, logger: logging.Logger, terminating: Callable[[], bool], command: str) -> int:
-        engine, settings, scheduler = self._engine, self._settings, self._scheduler
-        if engine is None or settings is None or scheduler is None:
+        launcher, settings, scheduler = self._launcher, self._settings, self._scheduler
+        if launcher is None or settings is None or scheduler is None:
             raise PodmanError("podman_rootless backend used before global_init")
-        devices = self._gpu_devices(settings)
+        if self.runtime_values.get("gpu", False):
+            launch.gpu_devices(settings)  # fail before waiting for resources
+        cpu = int(self.runtime_values.get("cpu", 0))
+        mem = int(self.runtime_values.get("memory_reservation", 0))
+        memory_limit = int(self.runtime_values.get("memory_limit", 0))
         with ExitStack() as cleanup:
-            cpu = int(self.runtime_values.get("cpu", 0))
-            mem = int(self.runtime_values.get("memory_reservation", 0))
-            memory_limit = int(self.runtime_values.get("memory_limit", 0))
             reservation = cleanup.enter_context(scheduler.reserve(cpu, mem))
             logger.info(
                 _(
@@ -359,94 +312,21 @@ class PodmanRootless(TaskContainer):
                     mem_bytes=mem,
                 )
             )
-            if "inlineDockerfile" in self.runtime_values:
-                image = "runtime.inlineDockerfile"
-                ref = engine.build_image(
-                    self.runtime_values["inlineDockerfile"],
-                    os.path.join(self.host_dir, "inlineDockerfile.log"),
-                    logger,
-                )
-            else:
-                image = self.runtime_values.get("docker") or self.cfg.get_dict(
-                    "task_runtime", "defaults"
-                ).get("docker", "ubuntu:22.04")
-                ref = engine.ensure_image(image, logger)
-            ident = self._identity(image, ref, logger)
-            security_opt, relabel = mounts_mod.selinux_plan(settings.selinux)
-            if self.runtime_values.get("privileged", False):
-                logger.warning(_("runtime.privileged enabled (security & portability warning)"))
-
-            try:
-                with open(os.path.join(self.host_dir, "command"), "w") as outfile:
-                    outfile.write(command)
-                task_mounts = self._prepare_mounts(relabel, ident.home_tmpfs)
-            except OSError as exn:
-                raise PodmanError(
-                    f"cannot prepare the task's files in {self.host_dir}: {exn.strerror}"
-                    f" ({exn.filename}); free space there or make it writable, or run elsewhere"
-                    " (miniwdl run --dir)"
-                ) from None
-            spec = spec_mod.build(
-                settings=settings,
-                run_id=self.run_id,
-                task_dir=self.host_dir,
-                try_counter=self.try_counter,
-                image=ref.id,
-                container_dir=self.container_dir,
-                mounts=task_mounts,
-                identity=ident,
-                security_opt=security_opt,
-                env=self.runtime_values.get("env", {}),
-                privileged=bool(self.runtime_values.get("privileged", False)),
-                network=self._network(settings, logger),
-                limits=self._hard_limits(logger, cpu, memory_limit),
-                devices=devices,
-            )
-            logger.info(
-                _(
-                    "podman container spec",
-                    name=spec.name,
-                    image=image,
-                    identity=ident.mode,
-                    user=ident.user,
-                    mounts=len(spec.mounts),
-                    network=spec.network or "default",
-                    security_opt=spec.security_opt,
-                    relabel=relabel,
-                    limits=spec.limits,
-                    devices=spec.devices,
-                )
-            )
+            limits = self._hard_limits(logger, cpu, memory_limit)
+            plan = self._plan(settings, logger, command, limits)
             poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
-            tracker = usage.UsageTracker()
-            container: Dict[str, object] = {}
-
-            def running(cid: str) -> None:
-                container["id"] = cid
-                cleanup.enter_context(self.task_running_context())
-
-            def poll() -> None:
-                poll_stderr()
-                # from the first poll on (a task that ends sooner costs nothing): sample the
-                # container's processes in /proc for peak memory and CPU time
-                if "pid" not in container and "id" in container:
-                    container["pid"] = engine.container_pid(str(container["id"]), logger)
-                pid = int(container.get("pid") or 0)
-                if pid:
-                    tracker.add(usage.sample_tree(pid))
-
-            outcome = engine.run(spec, logger, terminating, poll=poll, running=running)
-        self._report_usage(logger, tracker)
-        self._settle_ownership(logger)
-        if not self.success_exit_code(outcome.code):
-            self._explain_failure(logger)
-            killed = resources.explain_kill(
-                outcome.code, outcome.oom_killed, mem, memory_limit, self._enforcement.memory
+            outcome = launcher.run(
+                plan,
+                logger,
+                terminating,
+                poll=poll_stderr,
+                running=lambda: cleanup.enter_context(self.task_running_context()),
             )
-            if killed:
-                peak = {"peak_rss_mib": round(tracker.peak_rss / 2**20)} if tracker.samples else {}
-                logger.error(
-                    _(killed, exit_code=outcome.code, oom_killed=outcome.oom_killed, **peak)
-                )
-                self.failure_info = {"explanation": killed, "oom_killed": outcome.oom_killed}
-        return outcome.code
+        launch.report_usage(logger, outcome)
+        launcher.settle_ownership(plan.writable, logger)
+        if not self.success_exit_code(outcome.exit.code):
+            self._explain_failure(logger)
+            info = launch.explain_exit(outcome, mem, memory_limit, self._enforcement.memory, logger)
+            if info:
+                self.failure_info = info
+        return outcome.exit.code

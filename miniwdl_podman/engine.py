@@ -239,7 +239,7 @@ class Engine:
             if url and s.service == "auto":
                 logger.info(_("podman socket not answering; starting a private service", url=url))
             base = service_mod.runtime_base(s, os.environ)
-            self._private = service_mod.PrivateService(s.podman, base)
+            self._private = service_mod.PrivateService(s.podman, base, s.service_args)
             self._private.start(ping, s.service_start_timeout)
             self.url, self.source = self._private.url, "private service"
         self._client = PodmanClient(

@@ -22,7 +22,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 from .errors import GENERIC_HINT, PodmanUnavailable, hint_for
 from .settings import SECTION, Settings
@@ -33,7 +33,9 @@ SOCKET_NAME = "podman.sock"
 # the service when the pipe reaches EOF, which happens when miniwdl closes it or dies.
 _WRAPPER = r"""
 exec 3<&0
-"$0" system service --time=0 "$1" </dev/null &
+url=$1
+shift
+"$0" "$@" system service --time=0 "$url" </dev/null &
 svc=$!
 { read -r _ignored <&3; kill -TERM "$svc" 2>/dev/null; } &
 reader=$!
@@ -108,8 +110,9 @@ def runtime_base(settings: Settings, environ: Mapping[str, str], uid: Optional[i
 class PrivateService:
     """A ``podman system service`` owned by this process, on a socket in a private directory."""
 
-    def __init__(self, podman_exe: str, base_dir: str) -> None:
+    def __init__(self, podman_exe: str, base_dir: str, args: Sequence[str] = ()) -> None:
         self.podman_exe = podman_exe
+        self.args = list(args)  # global podman options, e.g. --root/--runroot
         # the socket path must fit in sockaddr_un: check before making anything
         longest = os.path.join(base_dir, "miniwdl-podman-XXXXXXXX", SOCKET_NAME)
         if len(os.fsencode(longest)) > _MAX_SOCKET_PATH:
@@ -138,7 +141,7 @@ class PrivateService:
             )
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, exe, self.url],
+                ["/bin/sh", "-c", _WRAPPER, exe, self.url, *self.args],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,

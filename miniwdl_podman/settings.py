@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
@@ -26,6 +27,7 @@ DEFAULTS: Dict[str, Tuple[str, str]] = {
     "socket": ("", "Podman API socket URL or path; empty: CONTAINER_HOST, then the user's socket"),
     "service": ("auto", "auto: use the socket if it answers, else start a private service"),
     "podman": ("podman", "podman executable used only to start a private API service"),
+    "service_args": ("[]", "global podman options for a private service, e.g. --root/--runroot"),
     "runtime_dir": ("", "where a private service's socket directory is made"),
     "service_start_timeout": ("30", "seconds to wait for a private service to answer"),
     "api_timeout": ("300", "seconds any single API request (other than wait) may take"),
@@ -53,6 +55,7 @@ class Settings:
     socket: str = ""
     service: str = "auto"
     podman: str = "podman"
+    service_args: Tuple[str, ...] = ()
     runtime_dir: str = ""
     service_start_timeout: float = 30.0
     api_timeout: float = 300.0
@@ -73,11 +76,11 @@ class Settings:
     as_user: bool = False
 
 
-def _invalid(name: str, value: str, expected: str) -> ConfigError:
+def _invalid(name: str, value: str, expected: str, section: str = SECTION) -> ConfigError:
     """The error for an invalid option: its name, value, what is expected, and its env var."""
     return ConfigError(
-        f"invalid [{SECTION}] {name} = {value!r}; {expected}"
-        f" (env MINIWDL__{SECTION.upper()}__{name.upper()})"
+        f"invalid [{section}] {name} = {value!r}; {expected}"
+        f" (env MINIWDL__{section.upper()}__{name.upper()})"
     )
 
 
@@ -133,6 +136,7 @@ def from_mapping(
         "socket": get("socket"),
         "service": _choice("service", get("service"), SERVICE_MODES),
         "podman": get("podman") or "podman",
+        "service_args": _str_list("service_args", get("service_args")),
         "runtime_dir": get("runtime_dir"),
         "service_start_timeout": _number("service_start_timeout", get("service_start_timeout")),
         "api_timeout": _number("api_timeout", get("api_timeout")),
@@ -161,4 +165,85 @@ def load(cfg: Any) -> Settings:
         raw,
         command_shell=cfg.get("task_runtime", "command_shell", "/bin/bash"),
         as_user=cfg.get_bool("task_runtime", "as_user", False),
+    )
+
+
+# -- [podman_rootless_slurm] ------------------------------------------------------------------
+
+SLURM_SECTION = "podman_rootless_slurm"
+
+SLURM_DEFAULTS: Dict[str, Tuple[str, str]] = {
+    "extra_args": ("", "more sbatch options for every task, e.g. --partition=x --account=y"),
+    "gpu_gres": ("gpu:1", "--gres asked for a runtime.gpu task; empty: none"),
+    "time_minutes": ("0", "--time for tasks without runtime.time_minutes; 0: the partition's"),
+    "node_python": ("", "Python with miniwdl_podman on the compute nodes; empty: this one"),
+    "node_storage": (
+        "/tmp/miniwdl-podman-$USER",
+        "node-local dir for Podman's store on compute nodes ($USER expanded there); empty: yours",
+    ),
+    "node_runtime_dir": ("", "where the node's private service socket goes; empty: /tmp"),
+    "sbatch": ("sbatch", "the sbatch command (scancel and scontrol are found beside it)"),
+}
+
+
+@dataclass(frozen=True)
+class SlurmSettings:
+    """The Slurm backend's own options (the container's are still ``[podman_rootless]``)."""
+
+    extra_args: Tuple[str, ...] = ()
+    gpu_gres: str = "gpu:1"
+    time_minutes: int = 0
+    node_python: str = ""
+    node_storage: str = "/tmp/miniwdl-podman-$USER"
+    node_runtime_dir: str = ""
+    sbatch: str = "sbatch"
+
+
+def slurm_from_mapping(raw: Dict[str, str]) -> SlurmSettings:
+    """Validate ``[podman_rootless_slurm]`` option strings into SlurmSettings."""
+    get: Callable[[str], str] = lambda k: raw.get(k, SLURM_DEFAULTS[k][0]).strip()  # noqa: E731
+    try:
+        extra = tuple(shlex.split(get("extra_args")))
+    except ValueError as exn:
+        raise _invalid(
+            "extra_args", get("extra_args"), f"{exn} (shell quoting)", SLURM_SECTION
+        ) from None
+    for arg in extra:
+        if arg.split("=")[0] in _SLURM_OWNED:
+            raise _invalid(
+                "extra_args",
+                get("extra_args"),
+                f"{arg.split('=')[0]} is set by the backend from the task's runtime section",
+                SLURM_SECTION,
+            )
+    try:
+        minutes = int(get("time_minutes"))
+    except ValueError:
+        minutes = -1
+    if minutes < 0:
+        raise _invalid(
+            "time_minutes", get("time_minutes"), "expected a whole number >= 0", SLURM_SECTION
+        )
+    return SlurmSettings(
+        extra_args=extra,
+        gpu_gres=get("gpu_gres"),
+        time_minutes=minutes,
+        node_python=get("node_python"),
+        node_storage=get("node_storage"),
+        node_runtime_dir=get("node_runtime_dir"),
+        sbatch=get("sbatch") or "sbatch",
+    )
+
+
+# sbatch options the backend computes itself; setting them in extra_args would conflict
+_SLURM_OWNED = frozenset(
+    ["--wait", "-W", "--parsable", "--output", "-o", "--error", "-e", "--job-name", "-J",
+     "--ntasks", "-n", "--cpus-per-task", "-c", "--mem", "--chdir", "-D", "--comment"]
+)  # fmt: skip
+
+
+def load_slurm(cfg: Any) -> SlurmSettings:
+    """Read every ``[podman_rootless_slurm]`` option from a miniwdl ``config.Loader``."""
+    return slurm_from_mapping(
+        {key: cfg.get(SLURM_SECTION, key, default) for key, (default, _) in SLURM_DEFAULTS.items()}
     )

@@ -35,8 +35,8 @@ cat > /etc/slurm/slurm.conf <<CONF
 ClusterName=miniwdl-podman-test
 SlurmctldHost=$host
 AuthType=auth/munge
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
+ProctrackType=proctrack/cgroup
+TaskPlugin=task/cgroup
 JobAcctGatherType=jobacct_gather/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
@@ -50,6 +50,18 @@ ReturnToService=2
 MpiDefault=none
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP
+CONF
+cat > /etc/slurm/cgroup.conf <<CONF
+# written by miniwdl_podman contrib/testbed/slurm.sh: jobs are confined and tracked by cgroup v1,
+# so Slurm kills a job over its memory (OUT_OF_MEMORY) and every process of a cancelled job,
+# Podman's conmon and containers included (they stay in the job's cgroup: cgroupfs manager)
+CgroupPlugin=cgroup/v1
+CgroupMountpoint=/sys/fs/cgroup
+ConstrainRAMSpace=yes
+ConstrainSwapSpace=yes
+AllowedSwapSpace=0
+ConstrainCores=no
+ConstrainDevices=no
 CONF
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
