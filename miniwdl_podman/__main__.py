@@ -1,4 +1,5 @@
-"""``python -m miniwdl_podman doctor [--fix] [--json] [--image IMAGE]``."""
+"""``python -m miniwdl_podman doctor [--fix] [--json] [--image IMAGE]``, or ``node-run JOB.json``
+(the Slurm backend's node helper)."""
 
 import sys
 

@@ -588,8 +588,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def cli(argv: Optional[List[str]] = None) -> int:
-    """``miniwdl-podman SUBCOMMAND``: only ``doctor`` so far."""
+    """``miniwdl-podman SUBCOMMAND``: ``doctor``, or ``node-run`` (the Slurm backend's node
+    helper, started by the task's job)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "node-run":
+        from . import node
+
+        return node.main(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] != "doctor":
         print("usage: miniwdl-podman doctor [--fix] [--json] [--image IMAGE]", file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -181,7 +181,7 @@ SLURM_DEFAULTS: Dict[str, Tuple[str, str]] = {
         "/tmp/miniwdl-podman-$USER",
         "node-local dir for Podman's store on compute nodes ($USER expanded there); empty: yours",
     ),
-    "node_runtime_dir": ("", "where the node's private service socket goes; empty: /tmp"),
+    "node_runtime_dir": ("", "where the node's private service socket goes; empty: as locally"),
     "sbatch": ("sbatch", "the sbatch command (scancel and scontrol are found beside it)"),
 }
 

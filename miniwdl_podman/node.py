@@ -1,0 +1,157 @@
+"""The Slurm backend's node helper: ``python -m miniwdl_podman node-run JOB.json``.
+
+Runs inside the task's Slurm job on the compute node, as the user. It starts a private Podman
+API service of its own inside the job (so the container's conmon and processes stay in the
+job's cgroup, where Slurm accounts for them, enforces the job's memory and kills them with the
+job), on node-local storage; then it runs the task's :class:`~miniwdl_podman.launch.TaskPlan`
+through the same :class:`~miniwdl_podman.launch.Launcher` as the local backend, gives back
+files owned by other uids, and writes a result file next to the plan for the login side. On
+SIGTERM (scancel, the time limit) it kills and removes the container and reports that.
+
+Exit status: the command's, or 1 when the helper itself failed (the result says why).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+from dataclasses import asdict, fields
+from typing import Any, Dict, List, Optional
+
+from WDL.runtime.error import Interrupted, Terminated
+
+from . import budget, identity, launch
+from .engine import Engine
+from .settings import Settings
+
+RESULT_VERSION = 1
+
+
+def settings_to_json(settings: Settings) -> Dict[str, Any]:
+    """Settings as JSON-able data."""
+    return asdict(settings)
+
+
+def settings_from_json(raw: Dict[str, Any]) -> Settings:
+    """Settings back from :func:`settings_to_json` (lists back to tuples)."""
+    known = {f.name for f in fields(Settings)}
+    values: Dict[str, Any] = {
+        k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k in known
+    }
+    return Settings(**values)
+
+
+def node_settings(settings: Settings, storage: str, runtime_dir: str) -> Settings:
+    """The compute node's settings: the user's ``[podman_rootless]`` ones, but always a
+    private service inside the job (cgroupfs manager, so the container stays in the job's
+    cgroup), on node-local storage when ``storage`` is set."""
+    args: List[str] = ["--cgroup-manager=cgroupfs"]
+    if storage:
+        args += ["--root", os.path.join(storage, "root"), "--runroot", os.path.join(storage, "run")]
+    return Settings(
+        **{
+            **asdict(settings),
+            "socket": "",
+            "service": "private",
+            "runtime_dir": runtime_dir,
+            "service_args": tuple(args) + tuple(settings.service_args),
+        }
+    )
+
+
+def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
+    """Write JSON so that a reader on another host never sees half of it."""
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+    with open(tmp, "w") as out:
+        json.dump(data, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def _logger() -> logging.Logger:
+    logger = logging.getLogger("miniwdl-podman-node")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logging.addLevelName(logging.INFO + 5, "NOTICE")
+    return logger
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run one task attempt's container from its job file; write its result."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m miniwdl_podman node-run JOB.json", file=sys.stderr)
+        return 2
+    with open(args[0]) as infile:
+        job = json.load(infile)
+    result_path: str = job["result"]
+    logger = _logger()
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logger.warning("received %s: killing the task container", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    node = socket.gethostname()
+    result: Dict[str, Any] = {"version": RESULT_VERSION, "node": node}
+    engine: Optional[Engine] = None
+    code = 1
+    try:
+        plan = launch.TaskPlan.from_json(json.dumps(job["plan"]))
+        settings = settings_from_json(job["settings"])
+        storage = os.path.expandvars(job.get("storage", ""))
+        settings = node_settings(settings, storage, os.path.expandvars(job.get("runtime_dir", "")))
+        if storage:
+            os.makedirs(storage, mode=0o700, exist_ok=True)
+        coordination_dir = None
+        if settings.coordinate:  # one pull/build per image among the user's jobs on this node
+            coordination_dir = budget.ensure_private_dir(
+                settings.coordination_dir or budget.default_dir(os.geteuid())
+            )
+        engine = Engine(settings, pool_size=8, coordination_dir=coordination_dir)
+        engine.connect(logger)
+        engine.reap_dead_runs(logger)
+        host = identity.host_ids(engine.info, os.geteuid(), os.getegid())
+        launcher = launch.Launcher(engine, settings, host)
+
+        def running() -> None:
+            with open(job["started"], "w") as out:
+                out.write(node)
+
+        outcome = launcher.run(plan, logger, stop.is_set, running=running)
+        launcher.settle_ownership(plan.writable, logger)
+        code = outcome.exit.code
+        result.update(
+            exit_code=code,
+            oom_killed=outcome.exit.oom_killed,
+            peak_rss=outcome.peak_rss,
+            cpu_seconds=outcome.cpu_seconds,
+            samples=outcome.samples,
+        )
+    except Terminated:
+        result.update(terminated=True)
+        code = 143
+    except Exception as exn:  # reported to the login side, which raises the same kind
+        logger.error("%s: %s", type(exn).__name__, exn)
+        result.update(
+            error=type(exn).__name__,
+            message=str(exn),
+            interrupted=isinstance(exn, Interrupted),
+        )
+        code = 1
+    finally:
+        if engine is not None:
+            engine.remove_leftovers(logger)
+            engine.close()
+    write_json_atomic(result_path, result)
+    return code

@@ -1,0 +1,375 @@
+"""Slurm: what to ask ``sbatch`` for, one place that runs Slurm's commands, and what a job's end
+means.
+
+The Slurm backend submits each task attempt as one batch job (``sbatch``, not ``--wait``): the
+job runs the node helper, which writes a result file on the shared file system when the
+container ends, so the login side learns of a task's end within a second by watching that file
+instead of through ``sbatch --wait``'s polling (2 s, then 8 s, then 32 s...). One
+:class:`JobWatcher` thread asks ``squeue`` about every job of the process at once every few
+seconds, to notice jobs that end without a result (node failure, preemption, a kill before
+the helper could write). Pure functions compute the ``sbatch`` arguments and classify a job's
+end; they are unit-tested.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+
+from WDL._util import StructuredLogMessage as _
+
+from .errors import ContainerFailed
+from .settings import SLURM_SECTION, SlurmSettings
+
+COMMENT_PREFIX = "miniwdl-podman:"
+
+# job states (squeue/scontrol long names) after which nothing more will happen
+TERMINAL = frozenset(
+    ["BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+     "PREEMPTED", "TIMEOUT", "SPECIAL_EXIT", "REVOKED"]
+)  # fmt: skip
+# ends caused by the cluster rather than the task: retried as Interrupted (runtime.preemptible)
+INTERRUPTED = frozenset(["BOOT_FAIL", "NODE_FAIL", "PREEMPTED", "REVOKED", "CANCELLED"])
+
+
+class SlurmError(ContainerFailed):
+    """Slurm refused or lost a task's job."""
+
+
+def sbatch_args(
+    settings: SlurmSettings,
+    *,
+    job_name: str,
+    cpu: int,
+    memory_bytes: int,
+    time_minutes: int,
+    gpu: bool,
+    output: str,
+    workdir: str,
+    comment: str,
+    command: Sequence[str],
+) -> List[str]:
+    """The ``sbatch`` command line for one task attempt (everything but the executable)."""
+    args = [
+        "--parsable",
+        f"--job-name={job_name}",
+        "--ntasks=1",
+        f"--cpus-per-task={max(1, cpu)}",
+        f"--output={output}",
+        f"--chdir={workdir}",
+        f"--comment={comment}",
+    ]
+    if memory_bytes > 0:
+        args.append(f"--mem={max(1, -(-memory_bytes // 2**20))}M")  # MiB, rounded up
+    minutes = time_minutes or settings.time_minutes
+    if minutes > 0:
+        args.append(f"--time={minutes}")
+    if gpu and settings.gpu_gres:
+        args.append(f"--gres={settings.gpu_gres}")
+    args.extend(settings.extra_args)
+    args.append("--wrap=exec " + " ".join(shlex.quote(c) for c in command))
+    return args
+
+
+def job_comment(pid: int, host: str) -> str:
+    """The comment that marks a job as ours: a later run reaps jobs whose process is gone."""
+    return f"{COMMENT_PREFIX}{pid}@{host}"
+
+
+def parse_comment(comment: str) -> Optional[Tuple[int, str]]:
+    """(pid, host) from :func:`job_comment`'s text; None for other jobs."""
+    if not comment.startswith(COMMENT_PREFIX):
+        return None
+    pid, sep, host = comment[len(COMMENT_PREFIX) :].partition("@")
+    if not sep or not pid.isdigit():
+        return None
+    return int(pid), host
+
+
+def parse_squeue(text: str) -> Dict[str, JobState]:
+    """``squeue -h -o '%i|%T|%r|%N|%k'`` output, by job id."""
+    ans: Dict[str, JobState] = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|", 4)
+        if len(parts) == 5 and parts[0]:
+            ans[parts[0]] = JobState(parts[0], parts[1], parts[2], parts[3], parts[4])
+    return ans
+
+
+def parse_scontrol(text: str) -> Dict[str, str]:
+    """``scontrol show job -o ID`` output (``Key=Value`` pairs) as a dict."""
+    ans: Dict[str, str] = {}
+    for token in text.split():
+        key, sep, value = token.partition("=")
+        if sep and key not in ans:
+            ans[key] = value
+    return ans
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What Slurm says of a job."""
+
+    job_id: str
+    state: str
+    reason: str = ""
+    nodes: str = ""
+    comment: str = ""
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the job has ended."""
+        return self.state in TERMINAL
+
+
+def classify(
+    state: str,
+    *,
+    job_id: str,
+    node: str,
+    memory_bytes: int,
+    time_minutes: int,
+) -> Optional[Tuple[str, bool]]:
+    """(message, interrupted) for a job Slurm ended for a reason of its own, or None when the
+    task's own exit status tells the story (COMPLETED, FAILED). ``interrupted``: the cluster's
+    doing (node failure, preemption, cancelled by someone), retried under runtime.preemptible."""
+    where = f"Slurm job {job_id}" + (f" on {node}" if node else "")
+    if state == "OUT_OF_MEMORY":
+        asked = f"{memory_bytes / 2**20:.0f} MiB" if memory_bytes else "the partition default"
+        return (
+            f"{where} was killed for exceeding its memory (--mem {asked}, from runtime.memory);"
+            " raise runtime.memory",
+            False,
+        )
+    if state == "TIMEOUT":
+        limit = f"{time_minutes} min" if time_minutes else "the partition's default"
+        return (
+            f"{where} was killed at its time limit ({limit}); raise runtime.time_minutes, or"
+            f" [{SLURM_SECTION}] time_minutes for tasks that do not set it",
+            False,
+        )
+    if state == "DEADLINE":
+        return (f"{where} missed its --deadline (set in [{SLURM_SECTION}] extra_args)", False)
+    if state in ("NODE_FAIL", "BOOT_FAIL"):
+        return (f"{where} was lost: its node failed ({state})", True)
+    if state in ("PREEMPTED", "REVOKED"):
+        return (f"{where} was preempted by Slurm ({state})", True)
+    if state == "CANCELLED":
+        return (f"{where} was cancelled by someone else (scancel or an administrator)", True)
+    return None
+
+
+def cluster_limits(sinfo_output: str) -> Optional[Dict[str, int]]:
+    """The largest node's CPUs and memory from ``sinfo -h -o '%c %m'`` (memory in MB), as
+    miniwdl's resource limits; None if there is no node."""
+    cpu = mem = 0
+    for line in sinfo_output.splitlines():
+        fields = line.replace("+", "").split()
+        if len(fields) == 2 and fields[0].isdigit() and fields[1].isdigit():
+            cpu, mem = max(cpu, int(fields[0])), max(mem, int(fields[1]))
+    if not cpu:
+        return None
+    return {"cpu": cpu, "mem_bytes": mem * 2**20}
+
+
+# -- the one place that runs Slurm's commands -------------------------------------------------
+
+
+def _clean_env() -> Dict[str, str]:
+    """The environment for Slurm commands: without the SLURM_* variables of an allocation
+    miniwdl itself may run in (so each task is a job of its own, sized for the task)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+
+class Slurm:
+    """Runs ``sbatch``, ``squeue``, ``scancel`` and ``sinfo`` (found beside ``sbatch``)."""
+
+    def __init__(self, settings: SlurmSettings) -> None:
+        exe = shutil.which(settings.sbatch)
+        if not exe:
+            raise SlurmError(
+                f"{settings.sbatch!r} not found, so no task can be submitted to Slurm; run on"
+                f" a Slurm login node, or set [{SLURM_SECTION}] sbatch to its path"
+                f" (env MINIWDL__{SLURM_SECTION.upper()}__SBATCH)"
+            )
+        self.sbatch_exe = exe
+        self.bin_dir = os.path.dirname(exe)
+
+    def _exe(self, name: str) -> str:
+        beside = os.path.join(self.bin_dir, name)
+        return beside if os.access(beside, os.X_OK) else name
+
+    def _run(
+        self, name: str, args: Sequence[str], timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self._exe(name), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=_clean_env(),
+        )
+
+    def submit(self, args: Sequence[str]) -> str:
+        """Submit a job; its id. Raises SlurmError with sbatch's own words when refused."""
+        try:
+            proc = subprocess.run(
+                [self.sbatch_exe, *args], capture_output=True, text=True, timeout=120,
+                env=_clean_env(),
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as exn:
+            raise SlurmError(f"sbatch failed to run: {exn}") from None
+        job_id = proc.stdout.strip().split(";")[0]
+        if proc.returncode != 0 or not job_id.isdigit():
+            said = proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}"
+            raise SlurmError(
+                f"Slurm refused the task's job: {said}; check the task's runtime (cpu, memory,"
+                f" gpu, time_minutes) against the partition, and [{SLURM_SECTION}] extra_args /"
+                " gpu_gres"
+            )
+        return job_id
+
+    def states(self, job_ids: Iterable[str] = (), user: bool = False) -> Dict[str, JobState]:
+        """squeue's view of the given jobs (or of all of this user's jobs), finished ones
+        included while Slurm remembers them. Raises OSError/SubprocessError on failure."""
+        args = ["-h", "--states=all", "-o", "%i|%T|%r|%N|%k"]
+        ids = sorted(set(job_ids))
+        if ids:
+            args.append("--jobs=" + ",".join(ids))
+        if user:
+            args.append(f"--user={os.geteuid()}")
+        proc = self._run("squeue", args)
+        if proc.returncode != 0 and ids:
+            # an id Slurm has forgotten makes squeue fail: ask one by one
+            ans: Dict[str, JobState] = {}
+            for job_id in ids:
+                one = self._run("squeue", ["-h", "--states=all", "-o", "%i|%T|%r|%N|%k",
+                                           f"--jobs={job_id}"])  # fmt: skip
+                ans.update(parse_squeue(one.stdout) if one.returncode == 0 else {})
+            return ans
+        if proc.returncode != 0:
+            raise subprocess.SubprocessError(proc.stderr.strip())
+        return parse_squeue(proc.stdout)
+
+    def show(self, job_id: str) -> Dict[str, str]:
+        """``scontrol show job``'s fields for one job ({} if Slurm no longer knows it)."""
+        try:
+            proc = self._run("scontrol", ["show", "job", "-o", job_id])
+        except (OSError, subprocess.SubprocessError):
+            return {}
+        return parse_scontrol(proc.stdout) if proc.returncode == 0 else {}
+
+    def cancel(self, job_ids: Sequence[str], logger: logging.Logger) -> None:
+        """``scancel`` the jobs (SIGTERM to the helper, which removes its container)."""
+        if not job_ids:
+            return
+        try:
+            proc = self._run("scancel", list(job_ids))
+            if proc.returncode != 0:
+                logger.warning(_("scancel failed", jobs=list(job_ids), error=proc.stderr.strip()))
+        except (OSError, subprocess.SubprocessError) as exn:
+            logger.warning(_("scancel failed", jobs=list(job_ids), error=str(exn)))
+
+    def limits(self, logger: logging.Logger) -> Optional[Dict[str, int]]:
+        """The largest node's CPUs and memory, or None if sinfo cannot say."""
+        try:
+            proc = self._run("sinfo", ["-h", "-o", "%c %m"])
+        except (OSError, subprocess.SubprocessError) as exn:
+            logger.warning(_("sinfo failed", error=str(exn)))
+            return None
+        return cluster_limits(proc.stdout) if proc.returncode == 0 else None
+
+    def reap_dead_runs(self, logger: logging.Logger) -> List[str]:
+        """Cancel this user's jobs left by miniwdl processes on this host that are gone
+        (e.g. SIGKILLed): their comment names a dead pid here."""
+        try:
+            jobs = self.states(user=True)
+        except (OSError, subprocess.SubprocessError):
+            return []
+        host = socket.gethostname()
+        dead = []
+        for job in jobs.values():
+            owner = parse_comment(job.comment)
+            if owner and owner[1] == host and not job.terminal and not _alive(owner[0]):
+                dead.append(job.job_id)
+        if dead:
+            logger.warning(_("cancelling Slurm jobs left by a dead miniwdl run", jobs=dead))
+            self.cancel(dead, logger)
+        return dead
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class JobWatcher:
+    """One thread that asks squeue about all of this process's jobs every ``period`` seconds."""
+
+    def __init__(self, slurm: Slurm, period: float, logger: logging.Logger) -> None:
+        self._slurm = slurm
+        self._period = period
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._jobs: Set[str] = set()
+        self._states: Dict[str, JobState] = {}
+        self._missing: Dict[str, int] = {}
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="slurm-job-watcher", daemon=True).start()
+
+    def watch(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.add(job_id)
+
+    def forget(self, job_id: str) -> None:
+        with self._lock:
+            self._jobs.discard(job_id)
+            self._states.pop(job_id, None)
+            self._missing.pop(job_id, None)
+
+    def state(self, job_id: str) -> Optional[JobState]:
+        """The job's latest state; a made-up terminal ``UNKNOWN`` once squeue has not listed
+        it three times running (Slurm forgot it: it ended long ago)."""
+        with self._lock:
+            if self._missing.get(job_id, 0) >= 3:
+                return JobState(job_id, "UNKNOWN")
+            return self._states.get(job_id)
+
+    def _loop(self) -> None:
+        while True:
+            self._wake.wait(self._period)
+            self._wake.clear()
+            with self._lock:
+                jobs = set(self._jobs)
+            if not jobs:
+                continue
+            try:
+                states = self._slurm.states(jobs)
+            except (OSError, subprocess.SubprocessError) as exn:
+                self._logger.warning(_("squeue failed; will retry", error=str(exn)))
+                continue
+            with self._lock:
+                for job_id in jobs & self._jobs:
+                    if job_id in states:
+                        self._states[job_id] = states[job_id]
+                        self._missing.pop(job_id, None)
+                    else:
+                        self._missing[job_id] = self._missing.get(job_id, 0) + 1
+
+
+def node_command(python: str, job_file: str) -> List[str]:
+    """What the job runs on the compute node."""
+    return [python or sys.executable, "-m", "miniwdl_podman", "node-run", job_file]

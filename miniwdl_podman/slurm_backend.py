@@ -1,0 +1,319 @@
+"""The ``podman_rootless_slurm`` container backend: each task's rootless Podman container runs
+on a Slurm compute node; miniwdl stays on the login node.
+
+Orchestration only. The task is planned exactly as the local backend plans it
+(:meth:`PodmanRootless._plan`: command script, mount points, mounts, network, SELinux), the plan
+is written as JSON beside the task, and one ``sbatch`` job per attempt runs the node helper
+(:mod:`~miniwdl_podman.node`), which resolves image and identity and runs the container with the
+same :class:`~miniwdl_podman.launch.Launcher`. This side waits for the helper's result file,
+watches the job through :class:`~miniwdl_podman.slurm.JobWatcher`, cancels the job when the run
+is cancelled, and turns Slurm's kills (memory, time, node failure, preemption) into clear
+errors. No Podman is needed on the login node.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from contextlib import ExitStack
+from typing import Any, ClassVar, Dict, Optional, Set
+
+from WDL import Error, Type, Value
+from WDL._util import StructuredLogMessage as _
+from WDL.runtime import config
+from WDL.runtime.error import Interrupted, Terminated
+
+from . import __version__, errors, launch, node, resources
+from . import settings as settings_mod
+from . import slurm as slurm_mod
+from ._logging import notice
+from .backend import PodmanRootless
+from .engine import Exit
+from .errors import ContainerFailed, PodmanError
+from .identity import IdentityError
+
+# how long a finished job's result file may take to show on the login node (NFS caching)
+_RESULT_GRACE = 60.0
+_WATCH_PERIOD = 5.0
+
+
+class PodmanRootlessSlurm(PodmanRootless):
+    """Run each WDL task in rootless Podman inside its own Slurm job."""
+
+    _slurm: ClassVar[Optional[slurm_mod.Slurm]] = None
+    _slurm_settings: ClassVar[Optional[settings_mod.SlurmSettings]] = None
+    _watcher: ClassVar[Optional[slurm_mod.JobWatcher]] = None
+    _slurm_limits: ClassVar[Dict[str, int]] = {}
+    _live_jobs: ClassVar[Set[str]] = set()
+    _jobs_lock: ClassVar[threading.Lock] = threading.Lock()
+    _init_error: ClassVar[Optional[PodmanError]] = None
+
+    @classmethod
+    def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
+        if cls._init_error is not None:
+            raise cls._init_error
+        try:
+            settings = settings_mod.load(cfg)
+            slurm_settings = settings_mod.load_slurm(cfg)
+            slurm = slurm_mod.Slurm(slurm_settings)
+        except PodmanError as exn:
+            cls._init_error = exn
+            raise
+        cls._settings, cls._slurm_settings, cls._slurm = settings, slurm_settings, slurm
+        limits = slurm.limits(logger)
+        if limits is None:
+            logger.warning(
+                _("sinfo could not say how large the cluster's nodes are; not capping tasks")
+            )
+            limits = {"cpu": 1 << 16, "mem_bytes": 1 << 60}
+        cls._slurm_limits = limits
+        # miniwdl's in-process scheduler must not cap tasks at the login node: Slurm schedules
+        cls._scheduler = resources.Scheduler(1 << 30, 1 << 62)
+        cls._watcher = slurm_mod.JobWatcher(slurm, _WATCH_PERIOD, logger)
+        atexit.register(cls._cancel_live_jobs, logger)
+        slurm.reap_dead_runs(logger)
+        concurrency = cfg.get_int("scheduler", "task_concurrency", 0)
+        notice(
+            logger,
+            _(
+                "podman_rootless_slurm backend initialized",
+                version=__version__,
+                sbatch=slurm.sbatch_exe,
+                largest_node_cpu=limits["cpu"],
+                largest_node_mem_bytes=limits["mem_bytes"],
+                extra_args=list(slurm_settings.extra_args),
+                node_storage=slurm_settings.node_storage or "the user's own",
+            ),
+        )
+        if not concurrency:
+            logger.warning(
+                _(
+                    "[scheduler] task_concurrency is not set, so miniwdl keeps only as many tasks"
+                    " in flight as this login node has CPUs; set it to how many Slurm jobs you"
+                    " want at once (env MINIWDL__SCHEDULER__TASK_CONCURRENCY=64)",
+                    cpus=os.cpu_count(),
+                )
+            )
+
+    @classmethod
+    def detect_resource_limits(cls, cfg: config.Loader, logger: logging.Logger) -> Dict[str, int]:
+        # the largest compute node, not this login node: runtime.cpu/memory are capped to it
+        return cls._slurm_limits or {"cpu": 1 << 16, "mem_bytes": 1 << 60}
+
+    @classmethod
+    def _cancel_live_jobs(cls, logger: logging.Logger) -> None:
+        with cls._jobs_lock:
+            jobs = sorted(cls._live_jobs)
+        if jobs and cls._slurm is not None:
+            cls._slurm.cancel(jobs, logger)
+
+    def process_runtime(self, logger: logging.Logger, runtime_eval: Dict[str, Value.Base]) -> None:
+        super().process_runtime(logger, runtime_eval)
+        if "time_minutes" in runtime_eval:
+            minutes = runtime_eval["time_minutes"].coerce(Type.Int()).value
+            if not isinstance(minutes, int) or minutes <= 0:
+                raise Error.RuntimeError("invalid setting of runtime.time_minutes")
+            self.runtime_values["time_minutes"] = minutes
+
+    # -- per task ---------------------------------------------------------------------------
+
+    def _run(self, logger: logging.Logger, terminating: Any, command: str) -> int:
+        slurm, watcher = self._slurm, self._watcher
+        settings, ss = self._settings, self._slurm_settings
+        if slurm is None or watcher is None or settings is None or ss is None:
+            raise PodmanError("podman_rootless_slurm backend used before global_init")
+        cpu = int(self.runtime_values.get("cpu", 0))
+        mem = int(self.runtime_values.get("memory_reservation", 0))
+        minutes = int(self.runtime_values.get("time_minutes", 0)) or ss.time_minutes
+        # Slurm enforces cpu/memory on the job; Podman is asked for no limits of its own
+        plan = self._plan(settings, logger, command, limits={})
+        jobdir = os.path.join(self.host_dir, "slurm")
+        os.makedirs(jobdir, exist_ok=True)
+        base = os.path.join(jobdir, f"try{self.try_counter}")
+        files = {k: f"{base}.{k}" for k in ("json", "result", "started", "log")}
+        for stale in ("result", "started"):
+            if os.path.exists(files[stale]):
+                os.unlink(files[stale])
+        node.write_json_atomic(
+            files["json"],
+            {
+                "plan": json.loads(plan.to_json()),
+                "settings": node.settings_to_json(settings),
+                "storage": ss.node_storage,
+                "runtime_dir": ss.node_runtime_dir,
+                "result": files["result"],
+                "started": files["started"],
+            },
+        )
+        args = slurm_mod.sbatch_args(
+            ss,
+            job_name=f"miniwdl-{self.run_id}"[:100],
+            cpu=cpu,
+            memory_bytes=mem,
+            time_minutes=minutes,
+            gpu=bool(self.runtime_values.get("gpu", False)),
+            output=files["log"],
+            workdir=self.host_dir,
+            comment=slurm_mod.job_comment(os.getpid(), socket.gethostname()),
+            command=slurm_mod.node_command(ss.node_python, files["json"]),
+        )
+        logger.info(_("sbatch", args=args))
+        job_id = slurm.submit(args)
+        with self._jobs_lock:
+            self._live_jobs.add(job_id)
+        watcher.watch(job_id)
+        notice(logger, _("slurm job submitted", job_id=job_id, cpu=cpu, mem_bytes=mem,
+                         time_minutes=minutes or None))  # fmt: skip
+        try:
+            state = self._wait(logger, terminating, job_id, files, slurm, watcher)
+        finally:
+            watcher.forget(job_id)
+            with self._jobs_lock:
+                self._live_jobs.discard(job_id)
+        return self._conclude(logger, job_id, state, files, plan, mem, minutes)
+
+    def _wait(
+        self,
+        logger: logging.Logger,
+        terminating: Any,
+        job_id: str,
+        files: Dict[str, str],
+        slurm: slurm_mod.Slurm,
+        watcher: slurm_mod.JobWatcher,
+    ) -> str:
+        """Wait for the job's result (or its end without one); its final Slurm state."""
+        with ExitStack() as cleanup:
+            poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
+            running = False
+            ended_at: Optional[float] = None
+            while True:
+                poll_stderr()
+                if terminating():
+                    slurm.cancel([job_id], logger)
+                    logger.warning(_("cancelled the task's Slurm job", job_id=job_id))
+                    self._await_end(job_id, slurm, 60.0)
+                    raise Terminated()
+                if not running and os.path.exists(files["started"]):
+                    running = True
+                    cleanup.enter_context(self.task_running_context())
+                    with open(files["started"]) as f:
+                        where = f.read().strip()
+                    notice(logger, _("slurm job running", job_id=job_id, node=where))
+                if os.path.exists(files["result"]):
+                    break
+                st = watcher.state(job_id)
+                if st is not None and st.terminal:
+                    # the helper writes its result before the job ends, unless the job was
+                    # killed hard; on NFS the file may show here a little later
+                    ended_at = ended_at or time.monotonic()
+                    grace = _RESULT_GRACE if st.state in ("COMPLETED", "FAILED") else 5.0
+                    if time.monotonic() - ended_at > grace:
+                        break
+                time.sleep(1.0 if running else 0.5)
+            poll_stderr()
+        return self._await_end(job_id, slurm, 30.0)
+
+    @staticmethod
+    def _await_end(job_id: str, slurm: slurm_mod.Slurm, timeout: float) -> str:
+        """The job's final state, once Slurm has settled it (COMPLETING → ...)."""
+        deadline = time.monotonic() + timeout
+        state = ""
+        while True:
+            info = slurm.show(job_id)
+            state = info.get("JobState", "UNKNOWN") if info else "UNKNOWN"
+            if state in slurm_mod.TERMINAL or state == "UNKNOWN" or time.monotonic() > deadline:
+                return state
+            time.sleep(0.5)
+
+    def _conclude(
+        self,
+        logger: logging.Logger,
+        job_id: str,
+        state: str,
+        files: Dict[str, str],
+        plan: launch.TaskPlan,
+        mem: int,
+        minutes: int,
+    ) -> int:
+        result: Dict[str, Any] = {}
+        try:
+            with open(files["result"]) as f:
+                result = json.load(f)
+        except (OSError, ValueError):
+            pass
+        where = str(result.get("node") or "")
+        logger.info(_("slurm job ended", job_id=job_id, state=state, node=where, result=result))
+        killed = slurm_mod.classify(
+            state, job_id=job_id, node=where, memory_bytes=mem, time_minutes=minutes
+        )
+        if killed and state != "OUT_OF_MEMORY":
+            message, interrupted = killed
+            logger.error(_(message, job_id=job_id, state=state))
+            if interrupted:
+                raise Interrupted(message)
+            raise slurm_mod.SlurmError(message)
+        if "error" in result:
+            raise self._node_error(result, job_id, plan)
+        if "exit_code" not in result:
+            tail = _tail(files["log"])
+            message = (
+                f"the node helper of Slurm job {job_id} ended ({state}) without a result"
+                + (f": {tail}" if tail else "")
+                + f"; its log is {files['log']}. Check that miniwdl_podman is installed for"
+                f" [{settings_mod.SLURM_SECTION}] node_python on the compute nodes, and that"
+                " `srun miniwdl-podman doctor` passes there"
+            )
+            logger.error(_(message))
+            if state in ("UNKNOWN", "CANCELLED"):
+                raise Interrupted(message)
+            raise ContainerFailed(message)
+        outcome = launch.Outcome(
+            Exit(int(result["exit_code"]), bool(result.get("oom_killed"))),
+            int(result.get("peak_rss", 0)),
+            float(result.get("cpu_seconds", 0.0)),
+            int(result.get("samples", 0)),
+        )
+        launch.report_usage(logger, outcome)
+        code = outcome.exit.code
+        if not self.success_exit_code(code):
+            self._explain_failure(logger)
+            if killed:  # OUT_OF_MEMORY: the container was killed in the job's memory cgroup
+                logger.error(_(killed[0], exit_code=code, job_id=job_id))
+                self.failure_info = {"explanation": killed[0], "oom_killed": True}
+            else:
+                info = launch.explain_exit(outcome, mem, mem, True, logger)
+                if info:
+                    self.failure_info = info
+        return code
+
+    @staticmethod
+    def _node_error(result: Dict[str, Any], job_id: str, plan: launch.TaskPlan) -> Exception:
+        """The node helper's error, as the same kind of error here."""
+        message = f"{result.get('message')} (on {result.get('node')}, Slurm job {job_id})"
+        kind = str(result.get("error"))
+        if result.get("interrupted") or kind == "Interrupted":
+            return Interrupted(message)
+        if kind == "ImagePullFailed":
+            return errors.ImagePullFailed(plan.image, message)
+        if kind == "InputError":
+            return Error.InputError(message)
+        if kind == "IdentityError":
+            return IdentityError(message)
+        cls = getattr(errors, kind, None)
+        if isinstance(cls, type) and issubclass(cls, PodmanError):
+            return cls(message)
+        return PodmanError(f"{kind}: {message}")
+
+
+def _tail(path: str, lines: int = 5) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
