@@ -167,6 +167,29 @@ def classify(
     return None
 
 
+def explain_kill(
+    state: str, exit_code: int, oom_killed: bool, *, job_id: str, memory_bytes: int
+) -> Optional[str]:
+    """For a task whose container was killed (exit 137, OOMKilled, or the job ended
+    OUT_OF_MEMORY): what happened and the fix, in Slurm's terms; None otherwise."""
+    asked = (
+        f"--mem {memory_bytes / 2**20:.0f} MiB, from runtime.memory"
+        if memory_bytes
+        else "the partition's default memory, as the task sets no runtime.memory"
+    )
+    if state == "OUT_OF_MEMORY" or oom_killed:
+        return (
+            f"the task ran out of memory: killed (exit status {exit_code}) at the memory of its"
+            f" Slurm job {job_id} ({asked}); raise runtime.memory"
+        )
+    if exit_code == 137:
+        return (
+            f"the task was killed by SIGKILL (exit status 137), most likely for exceeding the"
+            f" memory of its Slurm job {job_id} ({asked}); raise runtime.memory"
+        )
+    return None
+
+
 def cluster_limits(sinfo_output: str) -> Optional[Dict[str, int]]:
     """The largest node's CPUs and memory from ``sinfo -h -o '%c %m'`` (memory in MB), as
     miniwdl's resource limits; None if there is no node."""

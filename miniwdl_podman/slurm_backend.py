@@ -247,11 +247,13 @@ class PodmanRootlessSlurm(PodmanRootless):
         except (OSError, ValueError):
             pass
         where = str(result.get("node") or "")
-        logger.info(_("slurm job ended", job_id=job_id, state=state, node=where, result=result))
+        notice(logger, _("slurm job ended", job_id=job_id, state=state, node=where,
+                         exit_code=result.get("exit_code")))  # fmt: skip
+        logger.info(_("slurm node helper result", **result))
         killed = slurm_mod.classify(
             state, job_id=job_id, node=where, memory_bytes=mem, time_minutes=minutes
         )
-        if killed and state != "OUT_OF_MEMORY":
+        if killed and (state != "OUT_OF_MEMORY" or "exit_code" not in result):
             message, interrupted = killed
             logger.error(_(message, job_id=job_id, state=state))
             if interrupted:
@@ -282,13 +284,13 @@ class PodmanRootlessSlurm(PodmanRootless):
         code = outcome.exit.code
         if not self.success_exit_code(code):
             self._explain_failure(logger)
-            if killed:  # OUT_OF_MEMORY: the container was killed in the job's memory cgroup
-                logger.error(_(killed[0], exit_code=code, job_id=job_id))
-                self.failure_info = {"explanation": killed[0], "oom_killed": True}
-            else:
-                info = launch.explain_exit(outcome, mem, mem, True, logger)
-                if info:
-                    self.failure_info = info
+            explanation = slurm_mod.explain_kill(
+                state, code, outcome.exit.oom_killed, job_id=job_id, memory_bytes=mem
+            )
+            if explanation:
+                peak = launch.Outcome.usage_fields(outcome).get("peak_rss_mib")
+                logger.error(_(explanation, exit_code=code, job_id=job_id, peak_rss_mib=peak))
+                self.failure_info = {"explanation": explanation, "oom_killed": True}
         return code
 
     @staticmethod

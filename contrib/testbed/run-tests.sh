@@ -9,6 +9,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [ "$(id -u)" = 0 ] || tb_die "run as root (or run 'nox -s tests' as a user whose rootless Podman works)"
 
 bash "$here/setup.sh"
+bash "$here/slurm.sh"   # the one-host Slurm cluster of the podman_rootless_slurm tests
 tb_user_facts
 status=0
 tb_as_user bash -c 'cd "$0" && exec python -m pytest -p no:cacheprovider --fail-on-skip tests "$@"' \

@@ -125,6 +125,9 @@ CONF
         || tb_die "loopback registry did not come up on $TB_REGISTRY (see $regdir/registry.log)"
     tb_as_user podman push -q --tls-verify=false "$TB_BASE_IMAGE" \
         "docker://$TB_REGISTRY/miniwdl-podman-test/pullme:2" >/dev/null
+    # for the Slurm tests, whose compute node store (node-local, empty at first) pulls
+    tb_as_user podman push -q --tls-verify=false localhost/miniwdl-podman/user-app:2 \
+        "docker://$TB_REGISTRY/miniwdl-podman-test/user-app:2" >/dev/null
 fi
 
 # 8. a second user with NO subordinate uid/gid range (like many LDAP users on HPC), for the

@@ -27,8 +27,10 @@ install -d -o munge -g munge -m 755 /run/munge
 pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged --force
 
 host=$(hostname -s)
-cpus=$(nproc)
-mem_mb=$(( $(awk '/MemTotal/{print $2}' /proc/meminfo) / 1024 - 1024 ))
+# the node claims more CPUs and memory than this machine has (config_overrides), so that the
+# tests can show tasks sized beyond the login node (which is this same machine)
+cpus=8
+mem_mb=65536
 install -d -o slurm -g slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 cat > /etc/slurm/slurm.conf <<CONF
 # written by miniwdl_podman contrib/testbed/slurm.sh: one host is controller and node
@@ -48,8 +50,12 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmdLogFile=/var/log/slurm/slurmd.log
 ReturnToService=2
 MpiDefault=none
+SlurmdParameters=config_overrides
+# quick kills and a short memory of finished jobs, for the fault tests
+KillWait=5
+MinJobAge=300
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP
+PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=1024
 CONF
 cat > /etc/slurm/cgroup.conf <<CONF
 # written by miniwdl_podman contrib/testbed/slurm.sh: jobs are confined and tracked by cgroup v1,
@@ -63,8 +69,16 @@ AllowedSwapSpace=0
 ConstrainCores=no
 ConstrainDevices=no
 CONF
+conf_sum=$(cat /etc/slurm/slurm.conf /etc/slurm/cgroup.conf | md5sum | cut -c1-32)
+if [ "$(cat /run/miniwdl-podman-slurm.sum 2>/dev/null)" != "$conf_sum" ]; then
+    # configuration changed (or first start): restart both daemons on it
+    pkill -x slurmctld || true
+    pkill -x slurmd || true
+    for _ in $(seq 50); do pgrep -x slurmctld >/dev/null || pgrep -x slurmd >/dev/null || break; sleep 0.1; done
+fi
 pgrep -x slurmctld >/dev/null || slurmctld
 pgrep -x slurmd >/dev/null || slurmd
+echo "$conf_sum" > /run/miniwdl-podman-slurm.sum
 for _ in $(seq 60); do
     sinfo -h -o %T 2>/dev/null | grep -qx idle && break
     sleep 0.5

@@ -187,9 +187,10 @@ def miniwdl(rootless_podman: Dict[str, Any], tmp_path: Path) -> Iterator[Miniwdl
     assert containers_under(tmp_path) == [], "containers were left behind"
 
 
-def containers_under(path: Path) -> List[str]:
-    """Names of containers (any state) whose task dir label lies under ``path``."""
-    out = podman("ps", "-a", "--format", "json").stdout
+def containers_under(path: Path, store: Tuple[str, ...] = ()) -> List[str]:
+    """Names of containers (any state) whose task dir label lies under ``path`` (in the store
+    that the global podman options ``store`` select; default: the user's)."""
+    out = podman(*store, "ps", "-a", "--format", "json").stdout
     ans = []
     for c in json.loads(out or "[]"):
         task_dir = (c.get("Labels") or {}).get(LABEL_TASK_DIR, "")

@@ -1,0 +1,351 @@
+"""The podman_rootless_slurm backend, live: each task in its own job on the test bed's one-host
+Slurm cluster, in rootless Podman on the node's own store, and Slurm's faults."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
+
+import pytest
+
+from .conftest import (
+    INDEXED_SCATTER_WDL,
+    PULL_IMAGE,
+    REGISTRY,
+    Miniwdl,
+    RunResult,
+    containers_under,
+    foreign_owned,
+)
+from .test_resources import TIMED_WDL, _max_overlap
+
+pytestmark = [pytest.mark.podman, pytest.mark.slurm]
+
+USER_IMAGE = f"{REGISTRY}/miniwdl-podman-test/user-app:2"
+NODE_STORE = f"/tmp/miniwdl-podman-{getpass.getuser()}"
+STORE_ARGS = ("--root", f"{NODE_STORE}/root", "--runroot", f"{NODE_STORE}/run")
+SLEEPY_WDL = """
+version 1.0
+workflow w {
+    input {
+        Int n
+        Int seconds
+        String image
+    }
+    scatter (i in range(n)) {
+        call sleepy { input: seconds = seconds, image = image }
+    }
+}
+task sleepy {
+    input {
+        Int seconds
+        String image
+    }
+    command <<< sleep ~{seconds} >>>
+    runtime {
+        docker: image
+        preemptible: 1
+    }
+}
+"""
+
+
+def _squeue(*args: str) -> List[Dict[str, str]]:
+    out = subprocess.run(
+        ["squeue", "-h", "-u", getpass.getuser(), "-o", "%i|%j|%T|%k", *args],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    keys = ("id", "name", "state", "comment")
+    return [dict(zip(keys, line.split("|", 3))) for line in out.splitlines() if line.strip()]
+
+
+def _wait_for(cond: Callable[[], bool], timeout: float = 90, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _files(run_dir: Path, pattern: str) -> List[Path]:
+    """Files of the run's tasks matching ``pattern`` (once each, though _LAST links to them)."""
+    return sorted({p.resolve() for p in run_dir.glob(f"*/call-*/{pattern}")})
+
+
+def _started(run_dir: Path) -> List[Path]:
+    return _files(run_dir, "slurm/try*.started")
+
+
+class SlurmRun:
+    """Runs miniwdl with the Slurm backend (task_concurrency 16)."""
+
+    def __init__(self, miniwdl: Miniwdl) -> None:
+        self.miniwdl = miniwdl
+        self.env = {
+            "MINIWDL__SCHEDULER__CONTAINER_BACKEND": "podman_rootless_slurm",
+            "MINIWDL__SCHEDULER__TASK_CONCURRENCY": "16",
+        }
+
+    def run(
+        self, wdl: str, *inputs: str, env: Optional[Dict[str, str]] = None, **kw: object
+    ) -> RunResult:
+        return self.miniwdl.run(wdl, *inputs, env={**self.env, **(env or {})}, **kw)  # type: ignore
+
+    def start(self, wdl: str, *inputs: str, **kw: object) -> Tuple[subprocess.Popen[str], Path]:
+        return self.miniwdl.start(wdl, *inputs, env=self.env, **kw)  # type: ignore
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The test bed's Slurm cluster is up (fails, never skips, otherwise)."""
+    try:
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
+    except (OSError, subprocess.SubprocessError) as exn:
+        pytest.fail(f"no Slurm here ({exn}); run `sudo bash contrib/testbed/slurm.sh`")
+    if not set(out) & {"idle", "mixed", "allocated"}:
+        pytest.fail(f"Slurm node not up ({out}); run `sudo bash contrib/testbed/slurm.sh`")
+    return out[0]
+
+
+@pytest.fixture
+def slurm(slurm_cluster: str, miniwdl: Miniwdl, tmp_path: Path) -> Iterator[SlurmRun]:
+    """A Slurm-backend runner; afterwards: no job of this test left, no container left in the
+    node's store."""
+    yield SlurmRun(miniwdl)
+    _wait_for(
+        lambda: not [j for j in _squeue() if str(tmp_path) in j["name"] or j["state"] in
+                     ("RUNNING", "PENDING", "COMPLETING")],
+        timeout=60, what="the test's Slurm jobs to end",
+    )  # fmt: skip
+    assert containers_under(tmp_path, STORE_ARGS) == [], "containers left in the node store"
+
+
+def test_scatter_runs_as_slurm_jobs_on_the_node_store(slurm: SlurmRun) -> None:
+    """A scatter runs one Slurm job per task; the node pulls the image into its own store; the
+    outputs are right and every file left is the user's."""
+    res = slurm.run(INDEXED_SCATTER_WDL, "n=5", f"image={PULL_IMAGE}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["w.got"] == [0, 1, 2, 3, 4]
+    log = res.log()
+    assert log.count("slurm job submitted") == 5
+    task_logs = "".join(p.read_text() for p in _files(res.run_dir, "task.log"))
+    assert task_logs.count('state: "COMPLETED"') == 5
+    node_logs = _files(res.run_dir, "slurm/try1.log")
+    assert len(node_logs) == 5
+    assert all("podman container exited" in p.read_text() for p in node_logs)
+    assert foreign_owned(res.run_dir) == []
+    images = subprocess.run(
+        ["podman", *STORE_ARGS, "image", "exists", PULL_IMAGE], capture_output=True
+    )
+    assert images.returncode == 0, "the image was not pulled into the node-local store"
+
+
+def test_identity_and_ownership_on_the_node(slurm: SlurmRun) -> None:
+    """On the node as locally: a USER image runs as its user and a root image's chown'd file
+    comes back owned by the invoking user."""
+    wdl = """
+version 1.0
+workflow w {
+    input {
+        String user_image
+        String root_image
+    }
+    call who { input: image = user_image }
+    call chowner { input: image = root_image }
+    output {
+        String id = who.id
+        File f = chowner.f
+    }
+}
+task who {
+    input { String image }
+    command <<< id -u > id.txt; touch mine >>>
+    output { String id = read_string("id.txt") }
+    runtime { docker: image }
+}
+task chowner {
+    input { String image }
+    command <<< echo x > f; chown 1234:1234 f; mkdir d; touch d/g; chown -R 99:99 d >>>
+    output { File f = "f" }
+    runtime { docker: image }
+}
+"""
+    res = slurm.run(wdl, f"user_image={USER_IMAGE}", f"root_image={PULL_IMAGE}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["w.id"] == "1500"
+    assert foreign_owned(res.run_dir) == []
+    assert "gave them back to you" in "".join(
+        p.read_text() for p in _files(res.run_dir, "slurm/try1.log")
+    )
+
+
+def test_tasks_are_sized_by_the_cluster_not_the_login_node(slurm: SlurmRun) -> None:
+    """On a 2-CPU login node, four cpu=2 tasks run at once on the 8-CPU Slurm node (the local
+    backend would run them one at a time), and a task may ask for more memory than the login
+    node has."""
+    res = slurm.run(TIMED_WDL, "n=4", "cpu=2", f"image={PULL_IMAGE}", args=["--verbose"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert _max_overlap(res.outputs["w.spans"]) >= 3
+    assert "--cpus-per-task=2" in res.log()
+    big = """
+version 1.0
+task big {
+    input { String image }
+    command <<< echo ok >>>
+    output { String ok = read_string(stdout()) }
+    runtime {
+        docker: image
+        cpu: 6
+        memory: "40 GiB"
+    }
+}
+"""
+    res = slurm.run(big, f"image={PULL_IMAGE}", args=["--verbose"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.log()
+    assert "--cpus-per-task=6" in log and "--mem=40960M" in log
+    assert "big.ok" in res.outputs
+
+
+def test_job_cancelled_by_someone_else_is_interrupted_and_retried(
+    slurm: SlurmRun, tmp_path: Path
+) -> None:
+    """A job scancel'd behind miniwdl's back fails the attempt as Interrupted, retried under
+    runtime.preemptible; the retry succeeds and the container of the first is gone."""
+    proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=6", f"image={PULL_IMAGE}",
+                                args=["--verbose"])  # fmt: skip
+    try:
+        _wait_for(lambda: len(_started(run_dir)) == 1, what="the task's job to run")
+        job = json.loads(_started(run_dir)[0].with_suffix(".json").read_text())
+        assert job["plan"]["run_id"]
+        ours = [j for j in _squeue() if j["state"] == "RUNNING" and "sleepy" in j["name"]]
+        assert len(ours) == 1
+        subprocess.run(["scancel", ours[0]["id"]], check=True, timeout=60)
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    log = next(run_dir.glob("*/workflow.log")).read_text()
+    assert "was cancelled by someone else" in log
+    assert "Interrupted" in log
+    assert len(_files(run_dir, "slurm/try2.result")) == 1
+
+
+def test_job_over_its_memory_is_explained(slurm: SlurmRun) -> None:
+    """A task that allocates past its runtime.memory is killed in its job's memory cgroup; the
+    failure names the memory it asked for and the fix."""
+    wdl = """
+version 1.0
+task hog {
+    input { String image }
+    command <<< s=$(head -c 400000000 /dev/zero | tr '\\0' x); echo ${#s} >>>
+    runtime {
+        docker: image
+        memory: "100 MiB"
+    }
+}
+"""
+    res = slurm.run(wdl, f"image={PULL_IMAGE}")
+    line = res.clean_failure_line()
+    assert res.error is not None
+    assert res.error["cause"]["exit_status"] == 137, line
+    explanation = res.error["cause"]["explanation"]
+    assert "100" in explanation and "memory" in explanation
+    assert "raise runtime.memory" in explanation
+
+
+def test_job_killed_at_its_time_limit_is_explained(slurm: SlurmRun) -> None:
+    """A task past runtime.time_minutes is killed by Slurm; the error says so and how to fix
+    it, and the container is removed."""
+    wdl = """
+version 1.0
+task slow {
+    input { String image }
+    command <<< sleep 600 >>>
+    runtime {
+        docker: image
+        time_minutes: 1
+    }
+}
+"""
+    res = slurm.run(wdl, f"image={PULL_IMAGE}", timeout=300)
+    line = res.clean_failure_line()
+    assert "was killed at its time limit (1 min)" in line
+    assert "raise runtime.time_minutes" in line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cancelling_the_run_cancels_jobs_and_containers(
+    slurm: SlurmRun, tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGINT/SIGTERM to miniwdl scancels every running job; their containers are removed."""
+    proc, run_dir = slurm.start(SLEEPY_WDL, "n=3", "seconds=300", f"image={PULL_IMAGE}",
+                                args=["--verbose"])  # fmt: skip
+    try:
+        _wait_for(lambda: len(_started(run_dir)) == 3, what="3 running jobs")
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert "Traceback" not in stderr
+    log = next(run_dir.glob("*/workflow.log")).read_text()
+    assert log.count("cancelled the task's Slurm job") == 3
+    _wait_for(lambda: not [j for j in _squeue() if "sleepy" in j["name"]], timeout=60,
+              what="the jobs to leave the queue")  # fmt: skip
+    assert containers_under(tmp_path, STORE_ARGS) == []
+
+
+def test_jobs_of_a_killed_run_are_cancelled_by_the_next(slurm: SlurmRun, tmp_path: Path) -> None:
+    """Jobs left by a SIGKILLed miniwdl are scancel'd by the next run with the Slurm backend."""
+    proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=300", f"image={PULL_IMAGE}")
+    try:
+        _wait_for(lambda: len(_started(run_dir)) == 1, what="the job to run")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        proc.kill()
+    assert [j for j in _squeue() if j["comment"].endswith(f":{proc.pid}@{os.uname().nodename}")]
+    res = slurm.run(INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "cancelling Slurm jobs left by a dead miniwdl run" in res.log()
+    _wait_for(lambda: not [j for j in _squeue() if "sleepy" in j["name"]], timeout=60,
+              what="the orphaned job to end")  # fmt: skip
+
+
+def test_job_slurm_refuses_fails_with_sbatch_words(slurm: SlurmRun) -> None:
+    """runtime.gpu on a cluster without GPU gres: one line with sbatch's reason and the option."""
+    wdl = """
+version 1.0
+task gpu {
+    input { String image }
+    command <<< true >>>
+    runtime {
+        docker: image
+        gpu: true
+    }
+}
+"""
+    line = slurm.run(wdl, f"image={PULL_IMAGE}").clean_failure_line()
+    assert "Slurm refused the task's job" in line
+    assert "gres" in line.lower() and "gpu_gres" in line
+
+
+def test_node_without_the_helper_fails_clearly(slurm: SlurmRun) -> None:
+    """A node_python that does not exist on the node: the job ends without a result, and the
+    error names the option and the job's log."""
+    res = slurm.run(
+        INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}",
+        env={"MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_PYTHON": "/nonexistent/python3"},
+    )  # fmt: skip
+    line = res.clean_failure_line()
+    assert "ended (FAILED) without a result" in line
+    assert "node_python" in line and "/nonexistent/python3" in line
