@@ -876,7 +876,9 @@ class Engine:
             self._request("post", f"/containers/{cid}/kill", logger, params={"signal": "SIGKILL"})
             logger.info(_("podman container killed", name=name))
         except APIError as exn:
-            if not isinstance(exn, NotFound) and exn.status_code != 409:
+            # already exited (e.g. Slurm signalled the whole job): nothing to kill
+            gone = exn.status_code == 409 or "container state improper" in _explain(exn)
+            if not isinstance(exn, NotFound) and not gone:
                 logger.warning(_("podman kill failed", name=name, error=_explain(exn)))
 
     def _remove(self, cid: str, name: str, logger: logging.Logger, running: bool) -> None:

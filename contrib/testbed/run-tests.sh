@@ -33,6 +33,14 @@ else
     tb_log "FAIL: no /dev/net/tun on this machine: the tun_denied tests cannot run"
     status=1
 fi
+# the Slurm tests' node-local store, and their jobs
+left=$(tb_as_user podman --root "/tmp/miniwdl-podman-$TB_USER/root" \
+    --runroot "/tmp/miniwdl-podman-$TB_USER/run" ps -a --format '{{.Names}}' 2>/dev/null || true)
+jobs=$(squeue -h -u "$TB_USER" -o '%i %j %T' 2>/dev/null || true)
+if [ -n "$left$jobs" ]; then
+    tb_log "FAIL: left behind by the Slurm tests: containers: $left; jobs: $jobs"
+    [ $status != 0 ] || status=1
+fi
 for user in "$TB_USER" "$TB_NOSUB_USER"; do
     left=$(TB_USER=$user; tb_user_facts; tb_as_user podman ps -a --format '{{.Names}}')
     if [ -n "$left" ]; then

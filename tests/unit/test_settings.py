@@ -61,3 +61,22 @@ def test_settings_are_frozen() -> None:
     s = settings.Settings()
     with pytest.raises(AttributeError):
         s.pull = "always"  # type: ignore[misc]
+
+
+def test_example_config_documents_every_option_with_its_default() -> None:
+    """contrib/podman_rootless.cfg lists each option of both sections, with its default and
+    its environment variable."""
+    import configparser
+    from pathlib import Path
+
+    path = Path(__file__).parents[2] / "contrib" / "podman_rootless.cfg"
+    text = path.read_text()
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(text)
+    for section, defaults in (
+        (settings.SECTION, settings.DEFAULTS),
+        (settings.SLURM_SECTION, settings.SLURM_DEFAULTS),
+    ):
+        for key, (default, _) in defaults.items():
+            assert parser.get(section, key) == default, (section, key)
+            assert f"MINIWDL__{section.upper()}__{key.upper()}" in text

@@ -1,0 +1,168 @@
+"""The Slurm backend's pure parts: sbatch arguments, Slurm's answers, job ends, settings, and the
+plan and settings that travel to the compute node."""
+
+from __future__ import annotations
+
+import pytest
+from WDL import Error
+from WDL.runtime.error import Interrupted
+
+from miniwdl_podman import errors, launch, node, settings, slurm
+from miniwdl_podman.mounts import Mount
+from miniwdl_podman.slurm_backend import PodmanRootlessSlurm
+
+CMD = ["/venv/bin/python", "-m", "miniwdl_podman", "node-run", "/runs/a b/try1.json"]
+
+
+def _args(**kw: object) -> list:
+    base = dict(
+        job_name="miniwdl-call-x", cpu=4, memory_bytes=3 * 2**30 + 1, time_minutes=0, gpu=False,
+        output="/runs/try1.log", workdir="/runs", comment="miniwdl-podman:1@h", command=CMD,
+    )  # fmt: skip
+    base.update(kw)
+    return slurm.sbatch_args(settings.SlurmSettings(), **base)  # type: ignore[arg-type]
+
+
+def test_sbatch_args_carry_the_task_runtime_and_quote_the_helper() -> None:
+    """cpu, memory (MiB, rounded up), output, comment and a quoted --wrap; no --time or --gres
+    unless asked."""
+    args = _args()
+    assert "--parsable" in args and "--ntasks=1" in args and "--cpus-per-task=4" in args
+    assert "--mem=3073M" in args
+    assert "--comment=miniwdl-podman:1@h" in args
+    assert (
+        args[-1] == "--wrap=exec /venv/bin/python -m miniwdl_podman node-run '/runs/a b/try1.json'"
+    )
+    assert not [a for a in args if a.startswith(("--time", "--gres"))]
+
+
+def test_sbatch_args_time_gpu_and_extra_args() -> None:
+    """runtime.time_minutes beats the configured default; gpu adds the gres; extra args go last
+    before the command."""
+    ss = settings.slurm_from_mapping(
+        {"extra_args": "--partition=gpu --qos 'high prio'", "time_minutes": "30"}
+    )
+    args = slurm.sbatch_args(
+        ss, job_name="j", cpu=0, memory_bytes=0, time_minutes=0, gpu=True, output="o",
+        workdir="w", comment="c", command=["x"],
+    )  # fmt: skip
+    assert "--time=30" in args and "--gres=gpu:1" in args and "--cpus-per-task=1" in args
+    assert args[-4:-1] == ["--partition=gpu", "--qos", "high prio"]
+    assert not [a for a in args if a.startswith("--mem")]
+    args = slurm.sbatch_args(
+        ss, job_name="j", cpu=1, memory_bytes=0, time_minutes=5, gpu=False, output="o",
+        workdir="w", comment="c", command=["x"],
+    )  # fmt: skip
+    assert "--time=5" in args
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"extra_args": "--mem=4G"}, "--mem is set by the backend"),
+        ({"extra_args": "-c 4"}, "-c is set by the backend"),
+        ({"extra_args": "--qos 'unclosed"}, "shell quoting"),
+        ({"time_minutes": "-3"}, "expected a whole number"),
+    ],
+)
+def test_slurm_settings_refuse_conflicting_or_bad_values(raw: dict, expected: str) -> None:
+    """Options the backend computes, bad quoting and bad numbers fail with the env var named."""
+    with pytest.raises(errors.ConfigError) as exn:
+        settings.slurm_from_mapping(raw)
+    assert expected in str(exn.value)
+    assert "MINIWDL__PODMAN_ROOTLESS_SLURM__" in str(exn.value)
+
+
+def test_comment_round_trip_and_foreign_comments() -> None:
+    """Our job comment names pid and host; other comments are not ours."""
+    assert slurm.parse_comment(slurm.job_comment(42, "login1")) == (42, "login1")
+    assert slurm.parse_comment("something else") is None
+    assert slurm.parse_comment("miniwdl-podman:x@h") is None
+
+
+def test_parse_squeue_and_scontrol() -> None:
+    """squeue's pipe-separated lines (comment may hold '|') and scontrol's Key=Value pairs."""
+    jobs = slurm.parse_squeue("12|RUNNING|None|n1|miniwdl-podman:1@h\n13|TIMEOUT|TimeLimit||a|b\n")
+    assert jobs["12"].state == "RUNNING" and not jobs["12"].terminal
+    assert jobs["13"].terminal and jobs["13"].comment == "a|b"
+    info = slurm.parse_scontrol("JobId=12 JobName=x JobState=OUT_OF_MEMORY Reason=OutOfMemory")
+    assert info["JobState"] == "OUT_OF_MEMORY"
+
+
+@pytest.mark.parametrize(
+    ("state", "interrupted", "words"),
+    [
+        ("TIMEOUT", False, "time limit (7 min); raise runtime.time_minutes"),
+        ("OUT_OF_MEMORY", False, "exceeding its memory (--mem 512 MiB"),
+        ("NODE_FAIL", True, "its node failed"),
+        ("BOOT_FAIL", True, "its node failed"),
+        ("PREEMPTED", True, "preempted"),
+        ("CANCELLED", True, "cancelled by someone else"),
+    ],
+)
+def test_classify_slurm_kills(state: str, interrupted: bool, words: str) -> None:
+    """Slurm's own kills get a message with the fix; the cluster's doing is Interrupted."""
+    ans = slurm.classify(state, job_id="9", node="n1", memory_bytes=512 * 2**20, time_minutes=7)
+    assert ans is not None
+    assert words in ans[0] and "Slurm job 9 on n1" in ans[0]
+    assert ans[1] is interrupted
+
+
+def test_classify_leaves_the_task_exit_to_the_task() -> None:
+    """COMPLETED/FAILED jobs are judged by the command's exit status."""
+    for state in ("COMPLETED", "FAILED"):
+        assert slurm.classify(state, job_id="1", node="", memory_bytes=0, time_minutes=0) is None
+
+
+def test_explain_kill_in_slurm_terms() -> None:
+    """Exit 137 or an OOM state names the job's --mem and the fix; other exits say nothing."""
+    oom = slurm.explain_kill("OUT_OF_MEMORY", 137, False, job_id="5", memory_bytes=2**30)
+    assert oom and "ran out of memory" in oom and "--mem 1024 MiB" in oom
+    killed = slurm.explain_kill("FAILED", 137, False, job_id="5", memory_bytes=0)
+    assert killed and "SIGKILL" in killed and "partition's default memory" in killed
+    assert slurm.explain_kill("FAILED", 1, False, job_id="5", memory_bytes=0) is None
+
+
+def test_cluster_limits_from_sinfo() -> None:
+    """The largest node's CPUs and memory (MB → bytes); no nodes → None."""
+    assert slurm.cluster_limits("8 65536\n64+ 512000\n") == {"cpu": 64, "mem_bytes": 512000 * 2**20}
+    assert slurm.cluster_limits("") is None
+
+
+def test_plan_and_settings_travel_to_the_node_unchanged() -> None:
+    """TaskPlan and Settings survive JSON; the node always gets a private service in the job,
+    cgroupfs, and the node-local store."""
+    plan = launch.TaskPlan(
+        run_id="r", task_dir="/t", try_counter=2, container_dir="/mnt/c",
+        mounts=[Mount("/in", "/mnt/c/in", True), Mount("/t/work", "/mnt/c/work", False, "z")],
+        image="img", env={"A": "1"}, limits={}, gpu=True, writable=["/t/work"],
+    )  # fmt: skip
+    assert launch.TaskPlan.from_json(plan.to_json()) == plan
+    s = settings.from_mapping({"service": "external", "socket": "/run/x.sock",
+                               "service_args": '["--log-level=info"]'})  # fmt: skip
+    assert node.settings_from_json(node.settings_to_json(s)) == s
+    ns = node.node_settings(s, "/tmp/st", "")
+    assert ns.service == "private" and ns.socket == ""
+    assert ns.service_args == ("--cgroup-manager=cgroupfs", "--root", "/tmp/st/root",
+                               "--runroot", "/tmp/st/run", "--log-level=info")  # fmt: skip
+    assert node.node_settings(s, "", "").service_args == ("--cgroup-manager=cgroupfs",
+                                                          "--log-level=info")  # fmt: skip
+
+
+def test_node_errors_come_back_as_the_same_kind() -> None:
+    """The node helper's error is raised on the login side as the same class, job named."""
+    plan = launch.TaskPlan(run_id="r", task_dir="/t", try_counter=1, container_dir="/c",
+                           mounts=[], image="img")  # fmt: skip
+
+    def back(kind: str, interrupted: bool = False) -> Exception:
+        result = {"error": kind, "message": "m", "node": "n1", "interrupted": interrupted}
+        return PodmanRootlessSlurm._node_error(result, "7", plan)
+
+    assert isinstance(back("ImagePullFailed"), errors.ImagePullFailed)
+    assert isinstance(back("ContainerFailed"), errors.ContainerFailed)
+    assert isinstance(back("PodmanUnavailable"), errors.PodmanUnavailable)
+    assert isinstance(back("InputError"), Error.InputError)
+    assert isinstance(back("Whatever", interrupted=True), Interrupted)
+    other = back("KeyError")
+    assert type(other) is errors.PodmanError and "KeyError" in str(other)
+    assert "(on n1, Slurm job 7)" in str(back("ContainerFailed"))
