@@ -52,7 +52,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python=False)
 def rootless(session: nox.Session) -> None:
-    """As root: prepare the test bed (user, Podman, images, registry) and run all tests as it."""
+    """As root: prepare the test bed (user, Podman, images, registry, Slurm cluster) and run all
+    tests as its unprivileged user."""
     if os.geteuid() != 0:
         session.error("run as root: it installs packages and creates the test user")
     session.run("bash", "contrib/testbed/run-tests.sh", *session.posargs, external=True)
