@@ -237,8 +237,9 @@ def slurm_from_mapping(raw: Dict[str, str]) -> SlurmSettings:
 
 # sbatch options the backend computes itself; setting them in extra_args would conflict
 _SLURM_OWNED = frozenset(
-    ["--wait", "-W", "--parsable", "--output", "-o", "--error", "-e", "--job-name", "-J",
-     "--ntasks", "-n", "--cpus-per-task", "-c", "--mem", "--chdir", "-D", "--comment"]
+    ["--wait", "-W", "--parsable", "--requeue", "--no-requeue", "--output", "-o", "--error",
+     "-e", "--job-name", "-J", "--ntasks", "-n", "--cpus-per-task", "-c", "--mem", "--chdir",
+     "-D", "--comment"]
 )  # fmt: skip
 
 

@@ -62,6 +62,9 @@ def sbatch_args(
         "--parsable",
         f"--job-name={job_name}",
         "--ntasks=1",
+        # a preempted or node-failed job must end (PREEMPTED/NODE_FAIL), not rerun by itself:
+        # miniwdl retries it, in a fresh work dir, under runtime.preemptible
+        "--no-requeue",
         f"--cpus-per-task={max(1, cpu)}",
         f"--output={output}",
         f"--chdir={workdir}",

@@ -261,6 +261,13 @@ class PodmanRootlessSlurm(PodmanRootless):
             raise slurm_mod.SlurmError(message)
         if "error" in result:
             raise self._node_error(result, job_id, plan)
+        if result.get("terminated"):
+            message = (
+                f"the node helper of Slurm job {job_id} on {where} was stopped by a signal"
+                f" (job state {state}) before the task ended"
+            )
+            logger.error(_(message))
+            raise Interrupted(message)
         if "exit_code" not in result:
             tail = _tail(files["log"])
             message = (

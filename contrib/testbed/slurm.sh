@@ -10,13 +10,20 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [ "$(id -u)" = 0 ] || tb_die "run as root"
 
 missing=()
-for p in slurm-wlm munge; do
+for p in slurm-wlm munge sudo; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
 fi
+
+# the node-failure test may take the node down and back up, as an administrator would (nothing
+# else: the test user gets exactly these two commands as root)
+cat > /etc/sudoers.d/miniwdl-podman-slurm-test <<SUDO
+$TB_USER ALL=(root) NOPASSWD: /usr/bin/scontrol update nodename=$(hostname -s) state=down reason=miniwdl-podman-test, /usr/bin/scontrol update nodename=$(hostname -s) state=resume
+SUDO
+chmod 440 /etc/sudoers.d/miniwdl-podman-slurm-test
 
 # munge: a key, then the daemon as the munge user
 if [ ! -s /etc/munge/munge.key ]; then

@@ -239,6 +239,44 @@ def test_job_cancelled_by_someone_else_is_interrupted_and_retried(
     assert len(_files(run_dir, "slurm/try2.result")) == 1
 
 
+def test_node_failure_is_interrupted_and_retried(slurm: SlurmRun) -> None:
+    """The node going down under a running job (NODE_FAIL) fails the attempt as Interrupted,
+    retried under runtime.preemptible once the node is back; the retry succeeds."""
+    node = os.uname().nodename.split(".")[0]
+
+    def scontrol(state: str) -> int:
+        extra = ["reason=miniwdl-podman-test"] if state == "down" else []
+        return subprocess.run(
+            ["sudo", "-n", "/usr/bin/scontrol", "update", f"nodename={node}", f"state={state}",
+             *extra], timeout=60,
+        ).returncode  # fmt: skip
+
+    def failed_over() -> bool:
+        return any("its node failed" in p.read_text() for p in _files(run_dir, "task.log"))
+
+    proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=5", f"image={PULL_IMAGE}",
+                                args=["--verbose"])  # fmt: skip
+    try:
+        _wait_for(lambda: len(_started(run_dir)) == 1, what="the task's job to run")
+        assert scontrol("down") == 0
+        try:
+            _wait_for(failed_over, what="the node failure to be noticed")
+        finally:
+            # the test cluster's ReturnToService=2 may already have brought it back
+            scontrol("resume")
+            _wait_for(lambda: subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True,
+                                             text=True).stdout.strip() in ("idle", "mixed",
+                                                                           "allocated"),
+                      what="the node to be back")  # fmt: skip
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    task_log = "".join(p.read_text() for p in _files(run_dir, "task.log"))
+    assert "was lost: its node failed (NODE_FAIL)" in task_log
+    assert len(_files(run_dir, "slurm/try2.result")) == 1
+
+
 def test_job_over_its_memory_is_explained(slurm: SlurmRun) -> None:
     """A task that allocates past its runtime.memory is killed in its job's memory cgroup; the
     failure names the memory it asked for and the fix."""

@@ -28,6 +28,7 @@ def test_sbatch_args_carry_the_task_runtime_and_quote_the_helper() -> None:
     unless asked."""
     args = _args()
     assert "--parsable" in args and "--ntasks=1" in args and "--cpus-per-task=4" in args
+    assert "--no-requeue" in args  # miniwdl retries, in a fresh work dir
     assert "--mem=3073M" in args
     assert "--comment=miniwdl-podman:1@h" in args
     assert (
