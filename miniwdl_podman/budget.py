@@ -23,6 +23,7 @@ import uuid
 from typing import Any, Dict, Iterator, List
 
 from .errors import ConfigError
+from .host import pid_alive
 from .resources import Reservation, Scheduler
 from .settings import SECTION
 
@@ -64,19 +65,9 @@ def locked(path: str) -> Iterator[None]:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def live_entries(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Ledger entries whose process still runs."""
-    return [e for e in entries if isinstance(e.get("pid"), int) and _alive(e["pid"])]
+    return [e for e in entries if isinstance(e.get("pid"), int) and pid_alive(e["pid"])]
 
 
 class SharedScheduler(Scheduler):

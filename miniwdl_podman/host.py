@@ -1,4 +1,5 @@
-"""Facts about this host that are not Podman's: file system types, subordinate ids, devices.
+"""Facts about this host that are not Podman's: file system types, subordinate ids, devices,
+processes.
 
 Shared by the backend (warnings at start) and ``doctor`` (checks and fixes). The parsing is
 pure (functions of a file's text), so it is unit-tested without the files.
@@ -102,3 +103,14 @@ def free_space(path: str) -> Tuple[int, int]:
 def tun_usable(path: str = "/dev/net/tun") -> bool:
     """Whether rootless networking (slirp4netns/pasta) can open the tun device."""
     return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (someone else's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -27,6 +27,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 from WDL._util import StructuredLogMessage as _
 
 from .errors import ContainerFailed
+from .host import pid_alive
 from .settings import SLURM_SECTION, SlurmSettings
 
 COMMENT_PREFIX = "miniwdl-podman:"
@@ -324,22 +325,12 @@ class Slurm:
         dead = []
         for job in jobs.values():
             owner = parse_comment(job.comment)
-            if owner and owner[1] == host and not job.terminal and not _alive(owner[0]):
+            if owner and owner[1] == host and not job.terminal and not pid_alive(owner[0]):
                 dead.append(job.job_id)
         if dead:
             logger.warning(_("cancelling Slurm jobs left by a dead miniwdl run", jobs=dead))
             self.cancel(dead, logger)
         return dead
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class JobWatcher:
