@@ -387,3 +387,15 @@ def test_node_without_the_helper_fails_clearly(slurm: SlurmRun) -> None:
     line = res.clean_failure_line()
     assert "ended (FAILED) without a result" in line
     assert "node_python" in line and "/nonexistent/python3" in line
+
+
+def test_node_side_pull_failure_comes_back_as_a_download_error(slurm: SlurmRun) -> None:
+    """An image the node cannot pull fails the task with the pull error (a DownloadFailed, as
+    locally), naming the node and the job."""
+    res = slurm.run(
+        INDEXED_SCATTER_WDL, "n=1", f"image={REGISTRY}/miniwdl-podman-test/no-such-image:1"
+    )
+    line = res.clean_failure_line()
+    assert "cannot pull container image" in line and "no-such-image" in line
+    assert "(on " in line and "Slurm job" in line
+    assert res.error is not None and res.error["cause"]["error"] == "ImagePullFailed"
