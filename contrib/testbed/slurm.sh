@@ -26,6 +26,7 @@ SUDO
 chmod 440 /etc/sudoers.d/miniwdl-podman-slurm-test
 
 # munge: a key, then the daemon as the munge user
+install -d -o munge -g munge -m 700 /etc/munge
 if [ ! -s /etc/munge/munge.key ]; then
     dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null
 fi
@@ -38,6 +39,7 @@ host=$(hostname -s)
 # tests can show tasks sized beyond the login node (which is this same machine)
 cpus=8
 mem_mb=65536
+install -d /etc/slurm
 install -d -o slurm -g slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
 cat > /etc/slurm/slurm.conf <<CONF
 # written by miniwdl_podman contrib/testbed/slurm.sh: one host is controller and node
