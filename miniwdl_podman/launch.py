@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -214,12 +215,16 @@ class Launcher:
         container: Dict[str, Any] = {}
 
         def started(cid: str) -> None:
-            container["id"] = cid
+            container["id"], container["t0"] = cid, time.monotonic()
             running()
 
         def polled() -> None:
             poll()
-            if "pid" not in container and "id" in container:
+            # the engine also polls once after exit: a task that ended within its first second
+            # must not pay for an inspect call (the critical path of short tasks)
+            if "id" not in container or time.monotonic() - container["t0"] < 0.9:
+                return
+            if "pid" not in container:
                 container["pid"] = self.engine.container_pid(container["id"], logger)
             if container.get("pid"):
                 tracker.add(usage.sample_tree(int(container["pid"])))
