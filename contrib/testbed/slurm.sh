@@ -64,7 +64,11 @@ SlurmdParameters=config_overrides
 KillWait=5
 MinJobAge=300
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
-PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=1024
+# preemption: a job in "urgent" cancels jobs of "main" it needs room from (PREEMPTED)
+PreemptType=preempt/partition_prio
+PreemptMode=CANCEL
+PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=1024 PriorityTier=1
+PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP DefMemPerCPU=1024 PriorityTier=10
 CONF
 cat > /etc/slurm/cgroup.conf <<CONF
 # written by miniwdl_podman contrib/testbed/slurm.sh: jobs are confined and tracked by cgroup v1,

@@ -277,6 +277,27 @@ def test_node_failure_is_interrupted_and_retried(slurm: SlurmRun) -> None:
     assert len(_files(run_dir, "slurm/try2.result")) == 1
 
 
+def test_preempted_job_is_interrupted_and_retried(slurm: SlurmRun) -> None:
+    """A job preempted by a higher-priority partition's job (PREEMPTED) fails the attempt as
+    Interrupted, retried under runtime.preemptible once there is room; the retry succeeds."""
+    proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=5", f"image={PULL_IMAGE}",
+                                args=["--verbose"])  # fmt: skip
+    try:
+        _wait_for(lambda: len(_started(run_dir)) == 1, what="the task's job to run")
+        # the test cluster's "urgent" partition preempts "main"; this job needs the whole node
+        subprocess.run(
+            ["sbatch", "-p", "urgent", "--cpus-per-task=8", "--mem=1G", "-J", "urgent-test",
+             "-o", "/dev/null", "--wrap=sleep 3"], check=True, timeout=60, capture_output=True,
+        )  # fmt: skip
+        _, stderr = proc.communicate(timeout=180)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    task_log = "".join(p.read_text() for p in _files(run_dir, "task.log"))
+    assert "was preempted by Slurm (PREEMPTED)" in task_log
+    assert len(_files(run_dir, "slurm/try2.result")) == 1
+
+
 def test_job_over_its_memory_is_explained(slurm: SlurmRun) -> None:
     """A task that allocates past its runtime.memory is killed in its job's memory cgroup; the
     failure names the memory it asked for and the fix."""
