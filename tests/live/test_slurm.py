@@ -4,7 +4,6 @@ Slurm cluster, in rootless Podman on the node's own store, and Slurm's faults.""
 from __future__ import annotations
 
 import getpass
-import json
 import os
 import signal
 import subprocess
@@ -215,28 +214,44 @@ task big {
     assert "big.ok" in res.outputs
 
 
-def test_job_cancelled_by_someone_else_is_interrupted_and_retried(
-    slurm: SlurmRun, tmp_path: Path
-) -> None:
-    """A job scancel'd behind miniwdl's back fails the attempt as Interrupted, retried under
-    runtime.preemptible; the retry succeeds and the container of the first is gone."""
-    proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=6", f"image={PULL_IMAGE}",
-                                args=["--verbose"])  # fmt: skip
+def _fault_mid_task(
+    slurm: SlurmRun,
+    fault: Callable[[subprocess.Popen[str], Path], None],
+    n: int = 1,
+    seconds: int = 5,
+) -> Tuple[int, str, Path]:
+    """Run n sleepy tasks (runtime.preemptible 1); once all their jobs run, inject ``fault``;
+    (miniwdl's exit status, its stderr, the run dir)."""
+    proc, run_dir = slurm.start(SLEEPY_WDL, f"n={n}", f"seconds={seconds}",
+                                f"image={PULL_IMAGE}", args=["--verbose"])  # fmt: skip
     try:
-        _wait_for(lambda: len(_started(run_dir)) == 1, what="the task's job to run")
-        job = json.loads(_started(run_dir)[0].with_suffix(".json").read_text())
-        assert job["plan"]["run_id"]
-        ours = [j for j in _squeue() if j["state"] == "RUNNING" and "sleepy" in j["name"]]
-        assert len(ours) == 1
-        subprocess.run(["scancel", ours[0]["id"]], check=True, timeout=60)
+        _wait_for(lambda: len(_started(run_dir)) == n, what=f"{n} running jobs")
+        fault(proc, run_dir)
         _, stderr = proc.communicate(timeout=180)
     finally:
         proc.kill()
-    assert proc.returncode == 0, stderr[-3000:]
-    log = next(run_dir.glob("*/workflow.log")).read_text()
-    assert "was cancelled by someone else" in log
-    assert "Interrupted" in log
+    return proc.returncode, stderr, run_dir
+
+
+def _assert_retried_after(returncode: int, stderr: str, run_dir: Path, words: str) -> None:
+    """The first attempt failed for ``words`` (in a task log) and the second succeeded."""
+    assert returncode == 0, stderr[-3000:]
+    assert words in "".join(p.read_text() for p in _files(run_dir, "task.log"))
+    assert "Interrupted" in next(run_dir.glob("*/workflow.log")).read_text()
     assert len(_files(run_dir, "slurm/try2.result")) == 1
+
+
+def test_job_cancelled_by_someone_else_is_interrupted_and_retried(slurm: SlurmRun) -> None:
+    """A job scancel'd behind miniwdl's back fails the attempt as Interrupted, retried under
+    runtime.preemptible; the retry succeeds."""
+
+    def scancel(_proc: subprocess.Popen[str], _run_dir: Path) -> None:
+        ours = [j for j in _squeue() if j["state"] == "RUNNING" and "sleepy" in j["name"]]
+        assert len(ours) == 1
+        subprocess.run(["scancel", ours[0]["id"]], check=True, timeout=60)
+
+    outcome = _fault_mid_task(slurm, scancel)
+    _assert_retried_after(*outcome, "was cancelled by someone else")
 
 
 def test_node_failure_is_interrupted_and_retried(slurm: SlurmRun) -> None:
@@ -251,16 +266,11 @@ def test_node_failure_is_interrupted_and_retried(slurm: SlurmRun) -> None:
              *extra], timeout=60,
         ).returncode  # fmt: skip
 
-    def failed_over() -> bool:
-        return any("its node failed" in p.read_text() for p in _files(run_dir, "task.log"))
-
-    proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=5", f"image={PULL_IMAGE}",
-                                args=["--verbose"])  # fmt: skip
-    try:
-        _wait_for(lambda: len(_started(run_dir)) == 1, what="the task's job to run")
+    def node_down(_proc: subprocess.Popen[str], run_dir: Path) -> None:
         assert scontrol("down") == 0
         try:
-            _wait_for(failed_over, what="the node failure to be noticed")
+            logs = lambda: "".join(p.read_text() for p in _files(run_dir, "task.log"))  # noqa: E731
+            _wait_for(lambda: "its node failed" in logs(), what="the node failure to be noticed")
         finally:
             # the test cluster's ReturnToService=2 may already have brought it back
             scontrol("resume")
@@ -268,34 +278,24 @@ def test_node_failure_is_interrupted_and_retried(slurm: SlurmRun) -> None:
                                              text=True).stdout.strip() in ("idle", "mixed",
                                                                            "allocated"),
                       what="the node to be back")  # fmt: skip
-        _, stderr = proc.communicate(timeout=180)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, stderr[-3000:]
-    task_log = "".join(p.read_text() for p in _files(run_dir, "task.log"))
-    assert "was lost: its node failed (NODE_FAIL)" in task_log
-    assert len(_files(run_dir, "slurm/try2.result")) == 1
+
+    outcome = _fault_mid_task(slurm, node_down)
+    _assert_retried_after(*outcome, "was lost: its node failed (NODE_FAIL)")
 
 
 def test_preempted_job_is_interrupted_and_retried(slurm: SlurmRun) -> None:
     """A job preempted by a higher-priority partition's job (PREEMPTED) fails the attempt as
     Interrupted, retried under runtime.preemptible once there is room; the retry succeeds."""
-    proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=5", f"image={PULL_IMAGE}",
-                                args=["--verbose"])  # fmt: skip
-    try:
-        _wait_for(lambda: len(_started(run_dir)) == 1, what="the task's job to run")
+
+    def urgent_job(_proc: subprocess.Popen[str], _run_dir: Path) -> None:
         # the test cluster's "urgent" partition preempts "main"; this job needs the whole node
         subprocess.run(
             ["sbatch", "-p", "urgent", "--cpus-per-task=8", "--mem=1G", "-J", "urgent-test",
              "-o", "/dev/null", "--wrap=sleep 3"], check=True, timeout=60, capture_output=True,
         )  # fmt: skip
-        _, stderr = proc.communicate(timeout=180)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, stderr[-3000:]
-    task_log = "".join(p.read_text() for p in _files(run_dir, "task.log"))
-    assert "was preempted by Slurm (PREEMPTED)" in task_log
-    assert len(_files(run_dir, "slurm/try2.result")) == 1
+
+    outcome = _fault_mid_task(slurm, urgent_job)
+    _assert_retried_after(*outcome, "was preempted by Slurm (PREEMPTED)")
 
 
 def test_job_over_its_memory_is_explained(slurm: SlurmRun) -> None:
@@ -346,15 +346,10 @@ def test_cancelling_the_run_cancels_jobs_and_containers(
     slurm: SlurmRun, tmp_path: Path, sig: signal.Signals
 ) -> None:
     """SIGINT/SIGTERM to miniwdl scancels every running job; their containers are removed."""
-    proc, run_dir = slurm.start(SLEEPY_WDL, "n=3", "seconds=300", f"image={PULL_IMAGE}",
-                                args=["--verbose"])  # fmt: skip
-    try:
-        _wait_for(lambda: len(_started(run_dir)) == 3, what="3 running jobs")
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-    assert proc.returncode != 0
+    returncode, stderr, run_dir = _fault_mid_task(
+        slurm, lambda proc, _run_dir: proc.send_signal(sig), n=3, seconds=300
+    )
+    assert returncode != 0
     assert "Traceback" not in stderr
     log = next(run_dir.glob("*/workflow.log")).read_text()
     assert log.count("cancelled the task's Slurm job") == 3
