@@ -77,10 +77,14 @@ class PodmanRootless(TaskContainer):
         limits = cls.detect_resource_limits(cfg, logger)
         if coordination_dir:
             cls._scheduler = budget.SharedScheduler(
-                limits["cpu"], limits["mem_bytes"], coordination_dir
+                limits["cpu"], limits["mem_bytes"], coordination_dir, settings.gpu_concurrency
             )
-            logger.info(_("sharing the node's cpu/memory budget with your other runs",
+            logger.info(_("sharing the node's cpu/memory/GPU budget with your other runs",
                           ledger=cls._scheduler.ledger))  # fmt: skip
+        else:
+            cls._scheduler = resources.Scheduler(
+                limits["cpu"], limits["mem_bytes"], settings.gpu_concurrency
+            )
         cls._host_ids = identity.host_ids(engine.info, os.geteuid(), os.getegid())
         cls._launcher = launch.Launcher(engine, settings, cls._host_ids)
         cls._enforcement = resources.enforcement(engine.info)
@@ -128,7 +132,6 @@ class PodmanRootless(TaskContainer):
         with cls._init_lock:
             if not cls._limits:
                 cls._limits = resources.host_limits()
-                cls._scheduler = resources.Scheduler(cls._limits["cpu"], cls._limits["mem_bytes"])
                 logger.info(_("detected host resources", **cls._limits))
         return cls._limits
 
@@ -297,19 +300,21 @@ class PodmanRootless(TaskContainer):
         launcher, settings, scheduler = self._launcher, self._settings, self._scheduler
         if launcher is None or settings is None or scheduler is None:
             raise PodmanError("podman_rootless backend used before global_init")
-        if self.runtime_values.get("gpu", False):
-            launch.gpu_devices(settings)  # fail before waiting for resources
         cpu = int(self.runtime_values.get("cpu", 0))
         mem = int(self.runtime_values.get("memory_reservation", 0))
         memory_limit = int(self.runtime_values.get("memory_limit", 0))
+        gpu = bool(self.runtime_values.get("gpu", False))
+        if gpu:
+            launch.gpu_devices(settings)  # fail before waiting for resources
         with ExitStack() as cleanup:
-            reservation = cleanup.enter_context(scheduler.reserve(cpu, mem))
+            reservation = cleanup.enter_context(scheduler.reserve(cpu, mem, gpu))
             logger.info(
                 _(
                     "provisioned",
                     seconds_waited=round(reservation.waited, 3),
                     cpu=cpu,
                     mem_bytes=mem,
+                    gpu_slot=reservation.gpu,
                 )
             )
             limits = self._hard_limits(logger, cpu, memory_limit)

@@ -1,12 +1,13 @@
 """Per-user coordination between concurrent miniwdl processes on one node.
 
 Two ``miniwdl run``s of the same user on a login node would each assume the whole node; with
-``[podman_rootless] coordinate = true`` (the default) they share one CPU/memory budget
-through a ledger file, locked with ``flock``, in a per-user directory on local disk
-(``/tmp/miniwdl-podman-<uid>`` unless ``[podman_rootless] coordination_dir`` says otherwise). Each
-running task holds an entry (pid, cpu, memory); entries of dead processes are dropped, so a
-killed run frees its share. The same directory holds per-image lock files so that concurrent
-processes pull an image once between them.
+``[podman_rootless] coordinate = true`` (the default) they share one budget of CPUs, memory
+and GPU slots (``gpu_concurrency``) through a ledger file, locked with ``flock``, in a per-user
+directory on local disk (``/tmp/miniwdl-podman-<uid>`` unless ``[podman_rootless]
+coordination_dir`` says otherwise). Each running task holds an entry (pid, cpu, memory, GPU
+slot); entries of dead processes are dropped, so a killed run frees its share. The same
+directory holds per-image lock files so that concurrent processes pull an image once between
+them.
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def live_entries(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 class SharedScheduler(Scheduler):
     """A Scheduler whose budget is shared with this user's other miniwdl processes."""
 
-    def __init__(self, cpu: int, mem_bytes: int, directory: str, poll: float = 0.2) -> None:
-        super().__init__(cpu, mem_bytes)
+    def __init__(
+        self, cpu: int, mem_bytes: int, directory: str, gpu_slots: int = 0, poll: float = 0.2
+    ) -> None:
+        super().__init__(cpu, mem_bytes, gpu_slots)
         self.directory = directory
         self.ledger = os.path.join(directory, LEDGER)
         self.poll = poll
@@ -97,10 +100,9 @@ class SharedScheduler(Scheduler):
         """Add ``entry`` to the ledger if it fits in the budget beside the live entries."""
         with locked(self.ledger + ".lock"):
             entries = self._read()
-            cpu = sum(int(e.get("cpu", 0)) for e in entries)
-            mem = sum(int(e.get("mem", 0)) for e in entries)
-            full = cpu + entry["cpu"] > self.cpu or mem + entry["mem"] > self.mem_bytes
-            if full and entries:  # (alone, a task always fits: reservations are capped)
+            cpu, mem, gpu = (sum(int(e.get(k, 0)) for e in entries) for k in ("cpu", "mem", "gpu"))
+            fits = self.fits(entry["cpu"], entry["mem"], entry["gpu"], (cpu, mem, gpu))
+            if not fits and entries:  # (alone, a task always fits: reservations are capped)
                 return False
             self._write([*entries, entry])
             return True
@@ -109,8 +111,9 @@ class SharedScheduler(Scheduler):
         with locked(self.ledger + ".lock"):
             self._write([e for e in self._read() if e.get("id") != entry_id])
 
-    def reserve(self, cpu: int, mem_bytes: int) -> Reservation:
-        return SharedReservation(self, min(cpu, self.cpu), min(mem_bytes, self.mem_bytes))
+    def reserve(self, cpu: int, mem_bytes: int, gpu: bool = False) -> Reservation:
+        mine = super().reserve(cpu, mem_bytes, gpu)
+        return SharedReservation(self, mine.cpu, mine.mem_bytes, mine.gpu)
 
 
 class SharedReservation(Reservation):
@@ -120,7 +123,13 @@ class SharedReservation(Reservation):
 
     def __enter__(self) -> SharedReservation:
         s = self.scheduler
-        entry = {"id": uuid.uuid4().hex, "pid": os.getpid(), "cpu": self.cpu, "mem": self.mem_bytes}
+        entry = {
+            "id": uuid.uuid4().hex,
+            "pid": os.getpid(),
+            "cpu": self.cpu,
+            "mem": self.mem_bytes,
+            "gpu": self.gpu,
+        }
         t0 = time.monotonic()
         while not s.try_take(entry):
             with s._cv:

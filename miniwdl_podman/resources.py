@@ -1,12 +1,13 @@
 """Resources: host limits, the in-process scheduler, hard limits, OOM messages, GPUs (CDI).
 
 miniwdl calls ``detect_resource_limits`` to cap each task's ``runtime.cpu``/``memory``; the
-scheduler then reserves each running task's cpu and memory so that the tasks running at once
-never oversubscribe the host. Limits come from the host's CPUs and memory, reduced to the
-CPU affinity, cgroup CPU quota and cgroup memory limit this process is confined to when those
-are smaller. The rest is pure: which hard limits this host's rootless Podman can enforce (from
-``podman info``), the create arguments for them, the message for a task killed for memory, and
-which CDI device kinds the host's spec files declare.
+scheduler then reserves each running task's cpu and memory (and a GPU slot for a
+``runtime.gpu`` task) so that the tasks running at once never oversubscribe the host. Limits
+come from the host's CPUs and memory, reduced to the CPU affinity, cgroup CPU quota and cgroup
+memory limit this process is confined to when those are smaller. The rest is pure: which hard
+limits this host's rootless Podman can enforce (from ``podman info``), the create arguments for
+them, the message for a task killed for memory, and which CDI device kinds the host's spec
+files declare.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import psutil
 
@@ -91,36 +92,56 @@ def host_limits() -> Dict[str, int]:
 
 
 class Scheduler:
-    """Reserve cpu and memory for each running task; wait while the host is full."""
+    """Reserve cpu, memory and a GPU slot for each running task; wait while the host is full.
 
-    def __init__(self, cpu: int, mem_bytes: int) -> None:
+    ``gpu_slots`` is how many ``runtime.gpu`` tasks may run at once (each is given every
+    configured GPU device, so the default of one keeps them from sharing GPUs); 0: no limit.
+    """
+
+    def __init__(self, cpu: int, mem_bytes: int, gpu_slots: int = 0) -> None:
         self.cpu = cpu
         self.mem_bytes = mem_bytes
+        self.gpu_slots = gpu_slots
         self._used_cpu = 0
         self._used_mem = 0
+        self._used_gpu = 0
         self._cv = threading.Condition()
 
-    def reserve(self, cpu: int, mem_bytes: int) -> Reservation:
-        return Reservation(self, min(cpu, self.cpu), min(mem_bytes, self.mem_bytes))
+    def reserve(self, cpu: int, mem_bytes: int, gpu: bool = False) -> Reservation:
+        """A reservation (a context manager) of the task's share, capped at the whole host."""
+        gpu_slot = 1 if gpu and self.gpu_slots else 0
+        return Reservation(self, min(cpu, self.cpu), min(mem_bytes, self.mem_bytes), gpu_slot)
+
+    def fits(self, cpu: int, mem_bytes: int, gpu: int, used: Tuple[int, int, int]) -> bool:
+        """Whether a reservation fits beside what is ``used`` (cpu, memory, GPU slots)."""
+        return (
+            used[0] + cpu <= self.cpu
+            and used[1] + mem_bytes <= self.mem_bytes
+            and used[2] + gpu <= max(self.gpu_slots, gpu)
+        )
 
 
 class Reservation:
     """A context manager holding one task's reservation; ``waited`` is seconds spent queued."""
 
-    def __init__(self, scheduler: Scheduler, cpu: int, mem_bytes: int) -> None:
+    def __init__(self, scheduler: Scheduler, cpu: int, mem_bytes: int, gpu: int = 0) -> None:
         self.scheduler = scheduler
         self.cpu = max(0, cpu)
         self.mem_bytes = max(0, mem_bytes)
+        self.gpu = max(0, gpu)
         self.waited = 0.0
 
     def __enter__(self) -> Reservation:
         s = self.scheduler
         t0 = time.monotonic()
         with s._cv:
-            while s._used_cpu + self.cpu > s.cpu or s._used_mem + self.mem_bytes > s.mem_bytes:
+            while not s.fits(
+                self.cpu, self.mem_bytes, self.gpu, (s._used_cpu, s._used_mem, s._used_gpu)
+            ):
                 s._cv.wait()
             s._used_cpu += self.cpu
             s._used_mem += self.mem_bytes
+            s._used_gpu += self.gpu
         self.waited = time.monotonic() - t0
         return self
 
@@ -129,6 +150,7 @@ class Reservation:
         with s._cv:
             s._used_cpu -= self.cpu
             s._used_mem -= self.mem_bytes
+            s._used_gpu -= self.gpu
             s._cv.notify_all()
 
 

@@ -41,7 +41,8 @@ DEFAULTS: Dict[str, Tuple[str, str]] = {
     "allow_networks": ("[]", "networks a task may ask for with runtime.docker_network"),
     "gpu_devices": ('["nvidia.com/gpu=all"]', "CDI device names given to runtime.gpu tasks"),
     "cdi_spec_dirs": ('["/etc/cdi", "/var/run/cdi"]', "where CDI spec files are looked for"),
-    "coordinate": ("true", "share one cpu/memory budget and image pulls with your other runs"),
+    "gpu_concurrency": ("1", "how many runtime.gpu tasks may run at once on a host; 0: no limit"),
+    "coordinate": ("true", "share one cpu/memory/GPU budget and image pulls with your other runs"),
     "coordination_dir": ("", "per-user dir on local disk for that; empty: /tmp/miniwdl-podman-UID"),
 }
 
@@ -69,6 +70,7 @@ class Settings:
     allow_networks: Tuple[str, ...] = ()
     gpu_devices: Tuple[str, ...] = ("nvidia.com/gpu=all",)
     cdi_spec_dirs: Tuple[str, ...] = ("/etc/cdi", "/var/run/cdi")
+    gpu_concurrency: int = 1
     coordinate: bool = True
     coordination_dir: str = ""
     # miniwdl's own options that the backend needs, read at the same time
@@ -107,6 +109,12 @@ def _bool(name: str, value: str) -> bool:
     if v in ("false", "0", "no", "off"):
         return False
     raise _invalid(name, value, "expected true or false")
+
+
+def _count(name: str, value: str, section: str = SECTION) -> int:
+    if not (value.isascii() and value.isdigit()):
+        raise _invalid(name, value, "expected a whole number >= 0", section)
+    return int(value)
 
 
 def _duration(name: str, value: str) -> str:
@@ -150,6 +158,7 @@ def from_mapping(
         "allow_networks": _str_list("allow_networks", get("allow_networks")),
         "gpu_devices": _str_list("gpu_devices", get("gpu_devices")),
         "cdi_spec_dirs": _str_list("cdi_spec_dirs", get("cdi_spec_dirs")),
+        "gpu_concurrency": _count("gpu_concurrency", get("gpu_concurrency")),
         "coordinate": _bool("coordinate", get("coordinate")),
         "coordination_dir": get("coordination_dir"),
         "command_shell": command_shell,
@@ -216,14 +225,7 @@ def slurm_from_mapping(raw: Dict[str, str]) -> SlurmSettings:
                 f"{arg.split('=')[0]} is set by the backend from the task's runtime section",
                 SLURM_SECTION,
             )
-    try:
-        minutes = int(get("time_minutes"))
-    except ValueError:
-        minutes = -1
-    if minutes < 0:
-        raise _invalid(
-            "time_minutes", get("time_minutes"), "expected a whole number >= 0", SLURM_SECTION
-        )
+    minutes = _count("time_minutes", get("time_minutes"), SLURM_SECTION)
     return SlurmSettings(
         extra_args=extra,
         gpu_gres=get("gpu_gres"),

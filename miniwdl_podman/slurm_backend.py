@@ -28,7 +28,7 @@ from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.error import Interrupted, Terminated
 
-from . import __version__, errors, launch, node, resources
+from . import __version__, errors, launch, node
 from . import settings as settings_mod
 from . import slurm as slurm_mod
 from ._logging import notice
@@ -72,8 +72,6 @@ class PodmanRootlessSlurm(PodmanRootless):
             )
             limits = {"cpu": 1 << 16, "mem_bytes": 1 << 60}
         cls._slurm_limits = limits
-        # miniwdl's in-process scheduler must not cap tasks at the login node: Slurm schedules
-        cls._scheduler = resources.Scheduler(1 << 30, 1 << 62)
         cls._watcher = slurm_mod.JobWatcher(slurm, _WATCH_PERIOD, logger)
         atexit.register(cls._cancel_live_jobs, logger)
         slurm.reap_dead_runs(logger)

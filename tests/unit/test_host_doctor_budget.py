@@ -113,3 +113,27 @@ def test_shared_budget_is_shared_and_ignores_dead_processes(tmp_path: Path) -> N
     t.join()
     assert order == ["a in", "a out", "b in"]
     assert json.loads((tmp_path / budget.LEDGER).read_text()) == []
+
+
+def test_shared_budget_shares_gpu_slots_between_processes(tmp_path: Path) -> None:
+    """A GPU slot held in one process's scheduler makes another's GPU task wait, not its
+    other tasks."""
+    a = budget.SharedScheduler(8, 1 << 30, str(tmp_path), gpu_slots=1, poll=0.01)
+    b = budget.SharedScheduler(8, 1 << 30, str(tmp_path), gpu_slots=1, poll=0.01)
+    held, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with a.reserve(1, 0, gpu=True):
+            held.set()
+            release.wait()
+
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait()
+    with b.reserve(1, 0) as r:
+        assert r.waited < 0.1  # no GPU asked: fits beside the GPU task at once
+    threading.Timer(0.2, release.set).start()
+    with b.reserve(1, 0, gpu=True) as r:
+        assert r.waited > 0.1
+        assert r.gpu == 1
+    t.join()

@@ -28,6 +28,8 @@ def test_defaults_are_documented_and_match_the_dataclass() -> None:
         ("service_start_timeout", "soon", "positive number of seconds"),
         ("wait_interval", "20", "duration such as 20ms"),
         ("init", "maybe", "expected true or false"),
+        ("gpu_concurrency", "-1", "expected a whole number >= 0"),
+        ("gpu_concurrency", "two", "expected a whole number >= 0"),
     ],
 )
 def test_invalid_values_name_option_and_env_var(option: str, value: str, needle: str) -> None:
