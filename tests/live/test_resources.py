@@ -4,13 +4,17 @@ Dockerfiles, privileged."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
 import uuid
-from typing import List, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from miniwdl_podman.engine import INLINE_REPO
+from miniwdl_podman import identity, launch, mounts, resources, settings
+from miniwdl_podman.engine import INLINE_REPO, Engine
 
 from .conftest import BASE_IMAGE, Miniwdl, foreign_owned, podman
 
@@ -140,6 +144,63 @@ task hungry {
     assert found, res.log()[-3000:]
     assert float(found.group(1)) >= 190
     assert float(found.group(2)) >= 1.5
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: List[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+
+def test_podman_create_warnings_are_logged(rootless_podman: Dict[str, Any], tmp_path: Path) -> None:
+    """A warning in Podman's create answer (which podman-py drops) is logged and the task still
+    runs: here a memory limit sent to rootless Podman on this cgroup v1 host."""
+    info = rootless_podman
+    if resources.enforcement(info).memory:
+        pytest.fail("this test needs a host where rootless Podman ignores limits (cgroup v1)")
+    logger = logging.getLogger(f"test-create-warning-{uuid.uuid4().hex}")
+    records = _Records()
+    logger.addHandler(records)
+    logger.setLevel(logging.INFO)
+    st = settings.Settings(network="none", coordinate=False)
+    engine = Engine(st, pool_size=4)
+    engine.connect(logger)
+    try:
+        task_dir = tmp_path / "task"
+        (task_dir / "work").mkdir(parents=True)
+        paths = mounts.TaskPaths(
+            container_dir="/mnt/miniwdl_task_container",
+            host_work_dir=str(task_dir / "work"),
+            host_stdout=str(task_dir / "stdout.txt"),
+            host_stderr=str(task_dir / "stderr.txt"),
+            host_command=str(task_dir / "command"),
+        )
+        for name in ("stdout.txt", "stderr.txt"):
+            (task_dir / name).touch()
+        (task_dir / "command").write_text("echo ran > out.txt\n")
+        plan = launch.TaskPlan(
+            run_id="create-warning",
+            task_dir=str(task_dir),
+            try_counter=1,
+            container_dir=paths.container_dir,
+            mounts=mounts.plan(paths, {}),
+            image=BASE_IMAGE,
+            network="none",
+            limits={"mem_limit": 64 << 20},
+        )
+        host = identity.host_ids(engine.info, os.geteuid(), os.getegid())
+        outcome = launch.Launcher(engine, st, host).run(plan, logger, lambda: False)
+    finally:
+        engine.remove_leftovers(logger)
+        engine.close()
+    assert outcome.exit.code == 0, (task_dir / "stderr.txt").read_text()
+    assert (task_dir / "work" / "out.txt").read_text() == "ran\n"
+    warned = [ln for ln in records.lines if ln.startswith("WARNING podman create warning")]
+    assert len(warned) == 1, records.lines
+    assert "Resource limits are not supported and ignored on cgroups V1 rootless" in warned[0]
 
 
 GPU_WDL = """
