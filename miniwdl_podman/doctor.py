@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from WDL.runtime import config as wdl_config
 
-from . import budget, host, identity, mounts, resources
+from . import budget, host, identity, mounts, resources, service
 from . import settings as settings_mod
 from . import spec as spec_mod
 from .engine import Engine, ImageRef
@@ -232,12 +232,16 @@ class Doctor:
                 "nothing needed; to use a long-lived service instead, `loginctl enable-linger`",
             )
             return
-        try:
-            st = os.stat(xdg)
-        except OSError as exn:
-            self.add("runtime dir", FAIL, f"XDG_RUNTIME_DIR={xdg}: {exn.strerror}",
-                     "unset XDG_RUNTIME_DIR, or log in again so that it exists")  # fmt: skip
+        if service.unusable_runtime_dir(os.environ) is not None:
+            self.add(
+                "runtime dir",
+                WARN,
+                f"XDG_RUNTIME_DIR={xdg} is not a directory you can write (plain Podman fails"
+                " every container with it); the backend runs Podman without it",
+                "unset XDG_RUNTIME_DIR, or log in again so that it exists",
+            )
             return
+        st = os.stat(xdg)
         if st.st_uid != self.uid or st.st_mode & 0o077:
             self.add(
                 "runtime dir",

@@ -238,6 +238,15 @@ class Engine:
         else:
             if url and s.service == "auto":
                 logger.info(_("podman socket not answering; starting a private service", url=url))
+            unusable = service_mod.unusable_runtime_dir(os.environ)
+            if unusable is not None:
+                logger.warning(
+                    _(
+                        "XDG_RUNTIME_DIR is not a directory you can write (a login node's, in a"
+                        " batch job? another user's, after su?); Podman runs without it",
+                        XDG_RUNTIME_DIR=unusable,
+                    )
+                )
             base = service_mod.runtime_base(s, os.environ)
             self._private = service_mod.PrivateService(s.podman, base, s.service_args)
             self._private.start(ping, s.service_start_timeout)
@@ -620,6 +629,7 @@ class Engine:
                     capture_output=True,
                     text=True,
                     timeout=600,
+                    env=service_mod.podman_environ(os.environ),
                 )
             except (OSError, subprocess.SubprocessError) as exn:
                 return str(exn)

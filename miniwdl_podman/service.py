@@ -22,7 +22,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from .errors import GENERIC_HINT, PodmanUnavailable, hint_for
 from .settings import SECTION, Settings
@@ -75,6 +75,29 @@ def _usable_private_dir(path: str, uid: int) -> bool:
     except OSError:
         return False
     return stat.S_ISDIR(st.st_mode) and st.st_uid == uid and (st.st_mode & 0o077) == 0
+
+
+def unusable_runtime_dir(environ: Mapping[str, str]) -> Optional[str]:
+    """``$XDG_RUNTIME_DIR`` if it is set but is not a directory this user can write, else None.
+
+    Podman given such a one fails every container (runc: ``mkdir /run/user/N: permission
+    denied``). It happens on a compute node, where a batch job inherits the login node's
+    ``/run/user/<uid>`` (sbatch exports the environment) but no user session made it, and after
+    ``su``, which keeps the other user's. Without it Podman picks a runtime dir of its own.
+    """
+    xdg = environ.get("XDG_RUNTIME_DIR")
+    if xdg is None or (os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK)):
+        return None
+    return xdg
+
+
+def podman_environ(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The environment for the Podman processes the backend starts (a private API service,
+    ``podman unshare``): ``environ`` without an unusable ``XDG_RUNTIME_DIR``."""
+    env = dict(environ)
+    if unusable_runtime_dir(environ) is not None:
+        del env["XDG_RUNTIME_DIR"]
+    return env
 
 
 def runtime_base(settings: Settings, environ: Mapping[str, str], uid: Optional[int] = None) -> str:
@@ -147,6 +170,7 @@ class PrivateService:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                env=podman_environ(os.environ),
             )
         deadline = time.monotonic() + timeout
         delay = 0.01

@@ -87,6 +87,31 @@ def test_no_xdg_runtime_dir_is_handled(miniwdl: Miniwdl) -> None:
     assert f"/tmp/miniwdl-podman-{os.getuid()}/" in res.stderr
 
 
+# an XDG_RUNTIME_DIR this user cannot make or write: what a batch job inherits from the login
+# node on a compute node with no session of the user's, or what su leaves of another user's
+FOREIGN_XDG = "/run/user/9999999"
+
+
+def test_unwritable_xdg_runtime_dir_is_handled(miniwdl: Miniwdl) -> None:
+    """With an XDG_RUNTIME_DIR the user cannot write (plain Podman fails every container with
+    it), doctor warns and a run just works: Podman is started without it."""
+    assert not os.path.exists(FOREIGN_XDG) and not os.access("/run/user", os.W_OK)
+    env = {"XDG_RUNTIME_DIR": FOREIGN_XDG, "MINIWDL_CFG": str(miniwdl.cfg)}
+    plain = subprocess.run(
+        ["podman", "run", "--rm", "--network", "none", BASE_IMAGE, "true"],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=300,
+    )  # fmt: skip
+    assert plain.returncode != 0 and "permission denied" in plain.stderr  # the trap is real
+    code, report = doctor(env=env)
+    assert code == 0, report
+    assert check(report, "runtime dir")["status"] == "WARN"
+    assert "the backend runs Podman without it" in check(report, "runtime dir")["detail"]
+    assert check(report, "test container (network none)")["status"] == "PASS"
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env={"XDG_RUNTIME_DIR": FOREIGN_XDG})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "Podman runs without it" in res.log()
+
+
 def test_crun_on_cgroup_v1_is_diagnosed_and_fixed(miniwdl: Miniwdl, tmp_path: Path) -> None:
     """crun configured on this cgroup v1 host: every container fails; doctor says so, --fix
     sets runc (backing up containers.conf), and the next miniwdl run succeeds."""

@@ -22,6 +22,7 @@ from .conftest import (
     containers_under,
     foreign_owned,
 )
+from .test_doctor_hpc import FOREIGN_XDG
 from .test_resources import TIMED_WDL, _max_overlap
 
 pytestmark = [pytest.mark.podman, pytest.mark.slurm]
@@ -149,7 +150,8 @@ def test_scatter_runs_as_slurm_jobs_on_the_node_store(slurm: SlurmRun) -> None:
 
 def test_identity_and_ownership_on_the_node(slurm: SlurmRun) -> None:
     """On the node as locally: a USER image runs as its user and a root image's chown'd file
-    comes back owned by the invoking user."""
+    comes back owned by the invoking user; and this although the job inherits (as sbatch
+    exports the environment) an XDG_RUNTIME_DIR the node has no such directory for."""
     wdl = """
 version 1.0
 workflow w {
@@ -177,13 +179,18 @@ task chowner {
     runtime { docker: image }
 }
 """
-    res = slurm.run(wdl, f"user_image={USER_IMAGE}", f"root_image={PULL_IMAGE}")
+    res = slurm.run(
+        wdl,
+        f"user_image={USER_IMAGE}",
+        f"root_image={PULL_IMAGE}",
+        env={"XDG_RUNTIME_DIR": FOREIGN_XDG},
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.outputs["w.id"] == "1500"
     assert foreign_owned(res.run_dir) == []
-    assert "gave them back to you" in "".join(
-        p.read_text() for p in _files(res.run_dir, "slurm/try1.log")
-    )
+    node_logs = "".join(p.read_text() for p in _files(res.run_dir, "slurm/try1.log"))
+    assert "gave them back to you" in node_logs
+    assert "Podman runs without it" in node_logs
 
 
 def test_tasks_are_sized_by_the_cluster_not_the_login_node(slurm: SlurmRun) -> None:

@@ -42,6 +42,25 @@ def test_runtime_base_prefers_private_xdg(tmp_path: Path) -> None:
     assert (os.stat(base).st_mode & 0o777) == 0o700
 
 
+def test_podman_environ_drops_only_an_unusable_xdg_runtime_dir(tmp_path: Path) -> None:
+    """Podman's environment loses XDG_RUNTIME_DIR when it is no directory (a login node's in a
+    batch job) and keeps a writable one, even 0755 (the live tests cover an unwritable one)."""
+    gone = str(tmp_path / "gone")
+    env = {"PATH": "/usr/bin", "XDG_RUNTIME_DIR": gone}
+    assert service.podman_environ(env) == {"PATH": "/usr/bin"}
+    assert service.unusable_runtime_dir(env) == gone
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    for bad in (str(a_file), ""):
+        assert service.podman_environ({"XDG_RUNTIME_DIR": bad}) == {}
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o755)
+    kept = {"XDG_RUNTIME_DIR": str(open_dir)}
+    assert service.podman_environ(kept) == kept
+    assert service.unusable_runtime_dir(kept) is None
+    assert service.podman_environ({"PATH": "/bin"}) == {"PATH": "/bin"}
+
+
 def test_runtime_dir_option_must_be_private(tmp_path: Path) -> None:
     """A configured runtime_dir that others can enter is refused with the chmod fix."""
     open_dir = tmp_path / "open"
