@@ -438,12 +438,8 @@ class Doctor:
         if self.image:
             return self.engine.ensure_image(self.image, self.logger)
         default = self.cfg.get_dict("task_runtime", "defaults").get("docker", "")
-        found = self.engine._inspect_image(default) if default else None
-        if found:
-            return found
-        resp = self.engine.client.api.get("/images/json")
-        candidates = sorted(resp.json() or [], key=lambda i: i.get("Size", 0))
-        return ImageRef(id=str(candidates[0]["Id"])) if candidates else None
+        found = self.engine.local_image(default, self.logger) if default else None
+        return found or self.engine.smallest_local_image(self.logger)
 
     def check_container(self) -> None:
         if self.engine is None or self.settings is None:

@@ -426,10 +426,11 @@ class Engine:
             logger.info(_("image ready", image=image, id=ref.id[:12], waited=time.monotonic() - t0))
         return ref
 
-    def _inspect_image(self, ref: str) -> Optional[ImageRef]:
+    def local_image(self, ref: str, logger: logging.Logger) -> Optional[ImageRef]:
+        """The image ``ref`` (name or id) in the local store, or None; retried like every
+        idempotent request."""
         try:
-            resp = self.client.api.get(f"/images/{ref}/json")
-            resp.raise_for_status()
+            resp = self._request("get", f"/images/{ref}/json", logger)
         except NotFound:
             return None
         except APIError as exn:
@@ -443,6 +444,12 @@ class Engine:
             id=str(attrs["Id"]), user=str((attrs.get("Config") or {}).get("User") or "")
         )
 
+    def smallest_local_image(self, logger: logging.Logger) -> Optional[ImageRef]:
+        """The smallest image in the local store (for doctor's test container), or None."""
+        resp = self._request("get", "/images/json", logger)
+        candidates = sorted(resp.json() or [], key=lambda i: i.get("Size", 0))
+        return ImageRef(id=str(candidates[0]["Id"])) if candidates else None
+
     def _resolve_image(self, image: str, logger: logging.Logger) -> ImageRef:
         try:
             images_mod.validate(image)
@@ -451,7 +458,7 @@ class Engine:
         policy = self.settings.pull
         try:
             if policy != "always":
-                local = self._inspect_image(image)
+                local = self.local_image(image, logger)
                 if local:
                     logger.info(
                         _("image in local store", image=image, id=local.id[:12], user=local.user)
@@ -472,12 +479,12 @@ class Engine:
             with lock:
                 # another of this user's processes may have pulled it while we waited
                 if policy != "always":
-                    local = self._inspect_image(image)
+                    local = self.local_image(image, logger)
                     if local:
                         logger.info(_("image pulled by another run", image=image))
                         return local
                 image_id = self._pull(image, logger)
-            pulled = self._inspect_image(image_id)
+            pulled = self.local_image(image_id, logger)
             if pulled is None:
                 raise ImagePullFailed(image, f"pulled image {image} vanished from the store")
             return pulled
@@ -550,7 +557,7 @@ class Engine:
         return ref
 
     def _build(self, dockerfile: str, tag: str, log_path: str, logger: logging.Logger) -> ImageRef:
-        cached = self._inspect_image(tag)
+        cached = self.local_image(tag, logger)
         if cached is not None:
             notice(logger, _("inlineDockerfile image cached", tag=tag, id=cached.id[:12]))
             return cached
@@ -573,7 +580,7 @@ class Engine:
             lines.append(f"error: {_explain(exn)}")
         with open(log_path, "w") as f:
             f.write("\n".join(lines) + "\n")
-        built = self._inspect_image(tag)
+        built = self.local_image(tag, logger)
         if built is None:
             tail = " | ".join(" ".join(ln.split()) for ln in lines[-6:] if ln.strip())
             logger.error(_("inlineDockerfile build failed", tag=tag, log=log_path))
