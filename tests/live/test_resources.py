@@ -27,9 +27,10 @@ workflow w {
         Int n
         Int cpu
         String image
+        Boolean gpu = false
     }
     scatter (i in range(n)) {
-        call timed { input: cpu = cpu, image = image }
+        call timed { input: cpu = cpu, image = image, gpu = gpu }
     }
     output { Array[String] spans = timed.span }
 }
@@ -37,6 +38,7 @@ task timed {
     input {
         Int cpu
         String image
+        Boolean gpu
     }
     command <<<
         start=${EPOCHREALTIME/./}
@@ -47,6 +49,7 @@ task timed {
     runtime {
         docker: image
         cpu: cpu
+        gpu: gpu
     }
 }
 """
@@ -238,32 +241,6 @@ def test_gpu_task_gets_the_configured_cdi_device(miniwdl: Miniwdl) -> None:
     assert res.outputs["gpu.got"] == "gpu0"
 
 
-GPU_SCATTER_WDL = """
-version 1.0
-workflow w {
-    input { String image }
-    scatter (i in range(2)) {
-        call timed_gpu { input: image = image }
-    }
-    output { Array[String] spans = timed_gpu.span }
-}
-task timed_gpu {
-    input { String image }
-    command <<<
-        start=${EPOCHREALTIME/./}
-        sleep 1
-        echo "$start ${EPOCHREALTIME/./}"
-    >>>
-    output { String span = read_string(stdout()) }
-    runtime {
-        docker: image
-        cpu: 1
-        gpu: true
-    }
-}
-"""
-
-
 @pytest.mark.parametrize(("gpu_concurrency", "expected_peak"), [("1", 1), ("0", 2)])
 def test_gpu_tasks_are_held_to_gpu_concurrency(
     miniwdl: Miniwdl, gpu_concurrency: str, expected_peak: int
@@ -271,7 +248,10 @@ def test_gpu_tasks_are_held_to_gpu_concurrency(
     """Two cpu=1 GPU tasks on a 2-CPU host run one at a time with gpu_concurrency 1 (each
     would get every GPU), and together with 0 (no limit)."""
     res = miniwdl.run(
-        GPU_SCATTER_WDL,
+        TIMED_WDL,
+        "n=2",
+        "cpu=1",
+        "gpu=true",
         f"image={BASE_IMAGE}",
         env={
             "MINIWDL__PODMAN_ROOTLESS__GPU_DEVICES": '["miniwdl-podman.test/fake=gpu0"]',
