@@ -1,6 +1,8 @@
 """The Slurm backend's node helper: ``python -m miniwdl_podman node-run JOB.json``.
 
-Runs inside the task's Slurm job on the compute node, as the user. It starts a private Podman
+Runs inside the task's Slurm job on the compute node, as the user. It first claims the task
+attempt (:func:`claim`): a second job for the same attempt exits without running anything.
+Then it starts a private Podman
 API service of its own inside the job (so the container's conmon and processes stay in the
 job's cgroup, where Slurm accounts for them, enforces the job's memory and kills them with the
 job), on node-local storage; then it runs the task's :class:`~miniwdl_podman.launch.TaskPlan`
@@ -13,6 +15,7 @@ Exit status: the command's, or 1 when the helper itself failed (the result says 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -74,6 +77,40 @@ def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def claim(path: str, holder: str) -> Optional[str]:
+    """Take a task attempt's claim file for ``holder`` (a Slurm job id, or ``cancelled``): None
+    if it is now ours, else who holds it ("" if unreadable).
+
+    Whoever holds the claim decides the attempt: only that job runs it. A second job for the
+    same attempt (sbatch lost its answer, and the backend submitted again) finds the claim
+    taken and exits without running anything; the login side takes it when the run is
+    cancelled, so that a job still queued never runs the attempt. ``link`` is atomic and fails
+    if the name exists, also on NFS, where a link whose answer was lost is told by the link
+    count of the temporary file.
+    """
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
+    with open(tmp, "w") as out:
+        out.write(holder)
+        out.flush()
+        os.fsync(out.fileno())
+    try:
+        with contextlib.suppress(OSError):
+            os.link(tmp, path)
+        mine = os.stat(tmp).st_nlink > 1
+    finally:
+        os.unlink(tmp)
+    return None if mine else read_claim(path)
+
+
+def read_claim(path: str) -> str:
+    """Who holds a task attempt's claim ("" if nobody, yet)."""
+    try:
+        with open(path) as infile:
+            return infile.read().strip()
+    except OSError:
+        return ""
+
+
 def _logger() -> logging.Logger:
     logger = logging.getLogger("miniwdl-podman-node")
     handler = logging.StreamHandler(sys.stderr)
@@ -94,6 +131,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         job = json.load(infile)
     result_path: str = job["result"]
     logger = _logger()
+    node = socket.gethostname()
+    me = os.environ.get("SLURM_JOB_ID") or f"{node}:{os.getpid()}"
+    holder = claim(job["claim"], me)
+    if holder is not None:
+        logger.warning(
+            "this task attempt is taken by %s; this job exits without running it (its"
+            " submission was repeated after sbatch lost an answer, or the run was cancelled)",
+            holder or "another job",
+        )
+        return 0
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -102,7 +149,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    node = socket.gethostname()
     result: Dict[str, Any] = {"version": RESULT_VERSION, "node": node}
     engine: Optional[Engine] = None
     code = 1

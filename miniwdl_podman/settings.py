@@ -92,13 +92,13 @@ def _choice(name: str, value: str, choices: Tuple[str, ...]) -> str:
     return value
 
 
-def _number(name: str, value: str) -> float:
+def _number(name: str, value: str, section: str = SECTION) -> float:
     try:
         ans = float(value)
     except ValueError:
         ans = -1.0
     if ans <= 0:
-        raise _invalid(name, value, "expected a positive number of seconds")
+        raise _invalid(name, value, "expected a positive number of seconds", section)
     return ans
 
 
@@ -192,6 +192,7 @@ SLURM_DEFAULTS: Dict[str, Tuple[str, str]] = {
     ),
     "node_runtime_dir": ("", "where the node's private service socket goes; empty: as locally"),
     "sbatch": ("sbatch", "the sbatch command (scancel and scontrol are found beside it)"),
+    "submit_timeout": ("300", "seconds to keep retrying sbatch while Slurm's controller is away"),
 }
 
 
@@ -206,6 +207,7 @@ class SlurmSettings:
     node_storage: str = "/tmp/miniwdl-podman-$USER"
     node_runtime_dir: str = ""
     sbatch: str = "sbatch"
+    submit_timeout: float = 300.0
 
 
 def slurm_from_mapping(raw: Dict[str, str]) -> SlurmSettings:
@@ -234,6 +236,7 @@ def slurm_from_mapping(raw: Dict[str, str]) -> SlurmSettings:
         node_storage=get("node_storage"),
         node_runtime_dir=get("node_runtime_dir"),
         sbatch=get("sbatch") or "sbatch",
+        submit_timeout=_number("submit_timeout", get("submit_timeout"), SLURM_SECTION),
     )
 
 

@@ -13,6 +13,7 @@ end; they are unit-tested.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shlex
@@ -21,10 +22,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from WDL._util import StructuredLogMessage as _
+from WDL.runtime.error import Terminated
 
 from .errors import ContainerFailed
 from .host import pid_alive
@@ -83,19 +86,55 @@ def sbatch_args(
     return args
 
 
-def job_comment(pid: int, host: str) -> str:
-    """The comment that marks a job as ours: a later run reaps jobs whose process is gone."""
-    return f"{COMMENT_PREFIX}{pid}@{host}"
+def job_comment(pid: int, host: str, token: str) -> str:
+    """The comment that marks a job as ours: a later run reaps jobs whose process is gone, and
+    ``token`` (one per submission) finds a job whose submission seemed to fail."""
+    return f"{COMMENT_PREFIX}{pid}@{host}/{token}"
 
 
 def parse_comment(comment: str) -> Optional[Tuple[int, str]]:
     """(pid, host) from :func:`job_comment`'s text; None for other jobs."""
     if not comment.startswith(COMMENT_PREFIX):
         return None
-    pid, sep, host = comment[len(COMMENT_PREFIX) :].partition("@")
+    pid, sep, rest = comment[len(COMMENT_PREFIX) :].partition("@")
     if not sep or not pid.isdigit():
         return None
-    return int(pid), host
+    return int(pid), rest.split("/", 1)[0]
+
+
+# what sbatch says when Slurm's controller is down, restarting, failing over or overloaded:
+# worth trying again (the job may even have been taken before the answer was lost)
+_TRANSIENT_SBATCH = (
+    "unable to contact slurm controller",
+    "socket timed out",
+    "temporarily unavailable",
+    "temporarily unable",
+    "zero bytes were transmitted",
+    "connection refused",
+    "did not answer within",
+)
+
+
+# ... of which these mean the request never reached the controller (no job can have been taken)
+_NOT_SENT = ("connect failure", "connection refused")
+
+
+def transient_submit_error(said: str) -> bool:
+    """Whether sbatch's failure is Slurm's passing state rather than a refusal of the job."""
+    low = said.lower()
+    return any(marker in low for marker in _TRANSIENT_SBATCH)
+
+
+def submission_may_have_landed(said: str) -> bool:
+    """Whether a transient sbatch failure may hide a job Slurm took (the answer was lost)."""
+    low = said.lower()
+    return not any(marker in low for marker in _NOT_SENT)
+
+
+def job_with_comment(jobs: Dict[str, JobState], comment: str) -> Optional[str]:
+    """The id of the job carrying exactly ``comment`` (a submission's own), if any."""
+    ids = sorted((j.job_id for j in jobs.values() if j.comment == comment), key=int)
+    return ids[0] if ids else None
 
 
 def parse_squeue(text: str) -> Dict[str, JobState]:
@@ -229,6 +268,7 @@ class Slurm:
             )
         self.sbatch_exe = exe
         self.bin_dir = os.path.dirname(exe)
+        self.submit_timeout = settings.submit_timeout
 
     def _exe(self, name: str) -> str:
         beside = os.path.join(self.bin_dir, name)
@@ -245,24 +285,83 @@ class Slurm:
             env=_clean_env(),
         )
 
-    def submit(self, args: Sequence[str]) -> str:
-        """Submit a job; its id. Raises SlurmError with sbatch's own words when refused."""
+    def _sbatch(self, args: Sequence[str]) -> Tuple[str, str]:
+        """Run sbatch once: (job id, "") or ("", what went wrong)."""
         try:
             proc = subprocess.run(
                 [self.sbatch_exe, *args], capture_output=True, text=True, timeout=120,
                 env=_clean_env(),
             )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return "", "sbatch did not answer within 120 s"
         except (OSError, subprocess.SubprocessError) as exn:
             raise SlurmError(f"sbatch failed to run: {exn}") from None
         job_id = proc.stdout.strip().split(";")[0]
-        if proc.returncode != 0 or not job_id.isdigit():
-            said = proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}"
-            raise SlurmError(
-                f"Slurm refused the task's job: {said}; check the task's runtime (cpu, memory,"
-                f" gpu, time_minutes) against the partition, and [{SLURM_SECTION}] extra_args /"
-                " gpu_gres"
-            )
-        return job_id
+        if proc.returncode == 0 and job_id.isdigit():
+            return job_id, ""
+        return "", proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}"
+
+    def submit(
+        self,
+        args: Sequence[str],
+        comment: str,
+        logger: logging.Logger,
+        terminating: Callable[[], bool],
+    ) -> str:
+        """Submit a job whose ``--comment`` is ``comment``; its id.
+
+        While Slurm's controller does not answer (restart, failover, overload), sbatch is tried
+        again with backoff for up to ``submit_timeout`` seconds; before each retry, a job that
+        carries ``comment`` (taken although the answer was lost) is adopted instead, so a task
+        never gets two jobs. Raises SlurmError with sbatch's own words when Slurm refuses the
+        job, or when the controller did not answer in time; Terminated if the run is cancelled
+        meanwhile.
+        """
+        deadline = time.monotonic() + self.submit_timeout
+        delay = 2.0
+        for attempt in itertools.count(1):
+            job_id, said = self._sbatch(args)
+            if job_id:
+                return job_id
+            if not transient_submit_error(said):
+                raise SlurmError(
+                    f"Slurm refused the task's job: {said}; check the task's runtime (cpu,"
+                    f" memory, gpu, time_minutes) against the partition, and [{SLURM_SECTION}]"
+                    " extra_args / gpu_gres"
+                )
+            logger.warning(_("sbatch failed; Slurm's controller may be restarting or swamped",
+                             error=said, attempt=attempt))  # fmt: skip
+            if submission_may_have_landed(said):
+                adopted = self._taken_job(comment, deadline, terminating)
+                if adopted:
+                    logger.warning(_("sbatch failed, but Slurm had taken the job",
+                                     job_id=adopted))  # fmt: skip
+                    return adopted
+            if time.monotonic() + delay > deadline:
+                raise SlurmError(
+                    f"Slurm's controller did not take the task's job within"
+                    f" {self.submit_timeout:g} s: {said}; check that `sinfo` answers, or raise"
+                    f" [{SLURM_SECTION}] submit_timeout"
+                    f" (env MINIWDL__{SLURM_SECTION.upper()}__SUBMIT_TIMEOUT)"
+                )
+            logger.info(_("trying sbatch again", retry_in_seconds=delay))
+            _sleep(delay, terminating)
+            delay = min(delay * 2, 30.0)
+        raise AssertionError("unreachable")
+
+    def _taken_job(
+        self, comment: str, deadline: float, terminating: Callable[[], bool]
+    ) -> Optional[str]:
+        """The job carrying ``comment``, asked once squeue answers again (a frozen or swamped
+        controller may still be taking the submission whose answer was lost); None if there
+        is none, or if squeue does not answer before ``deadline``."""
+        while True:
+            try:
+                return job_with_comment(self.states(user=True), comment)
+            except (OSError, subprocess.SubprocessError):
+                if time.monotonic() > deadline:
+                    return None
+            _sleep(2.0, terminating)
 
     def states(self, job_ids: Iterable[str] = (), user: bool = False) -> Dict[str, JobState]:
         """squeue's view of the given jobs (or of all of this user's jobs), finished ones
@@ -331,6 +430,15 @@ class Slurm:
             logger.warning(_("cancelling Slurm jobs left by a dead miniwdl run", jobs=dead))
             self.cancel(dead, logger)
         return dead
+
+
+def _sleep(seconds: float, terminating: Callable[[], bool]) -> None:
+    """Sleep, but raise Terminated as soon as the run is cancelled."""
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        if terminating():
+            raise Terminated()
+        time.sleep(0.25)
 
 
 class JobWatcher:

@@ -20,8 +20,9 @@ import os
 import socket
 import threading
 import time
+import uuid
 from contextlib import ExitStack
-from typing import Any, ClassVar, Dict, Optional, Set
+from typing import Any, ClassVar, Dict, Optional, Set, Tuple
 
 from WDL import Error, Type, Value
 from WDL._util import StructuredLogMessage as _
@@ -133,8 +134,8 @@ class PodmanRootlessSlurm(PodmanRootless):
         jobdir = os.path.join(self.host_dir, "slurm")
         os.makedirs(jobdir, exist_ok=True)
         base = os.path.join(jobdir, f"try{self.try_counter}")
-        files = {k: f"{base}.{k}" for k in ("json", "result", "started", "log")}
-        for stale in ("result", "started"):
+        files = {k: f"{base}.{k}" for k in ("json", "result", "started", "claim", "log")}
+        for stale in ("result", "started", "claim"):
             if os.path.exists(files[stale]):
                 os.unlink(files[stale])
         node.write_json_atomic(
@@ -146,8 +147,10 @@ class PodmanRootlessSlurm(PodmanRootless):
                 "runtime_dir": ss.node_runtime_dir,
                 "result": files["result"],
                 "started": files["started"],
+                "claim": files["claim"],
             },
         )
+        comment = slurm_mod.job_comment(os.getpid(), socket.gethostname(), uuid.uuid4().hex[:12])
         args = slurm_mod.sbatch_args(
             ss,
             job_name=f"miniwdl-{self.run_id}"[:100],
@@ -157,23 +160,27 @@ class PodmanRootlessSlurm(PodmanRootless):
             gpu=bool(self.runtime_values.get("gpu", False)),
             output=files["log"],
             workdir=self.host_dir,
-            comment=slurm_mod.job_comment(os.getpid(), socket.gethostname()),
+            comment=comment,
             command=slurm_mod.node_command(ss.node_python, files["json"]),
         )
         logger.info(_("sbatch", args=args))
-        job_id = slurm.submit(args)
-        with self._jobs_lock:
-            self._live_jobs.add(job_id)
-        watcher.watch(job_id)
+        job_id = slurm.submit(args, comment, logger, terminating)
         notice(logger, _("slurm job submitted", job_id=job_id, cpu=cpu, mem_bytes=mem,
                          time_minutes=minutes or None))  # fmt: skip
-        try:
-            state = self._wait(logger, terminating, job_id, files, slurm, watcher)
-        finally:
-            watcher.forget(job_id)
-            with self._jobs_lock:
-                self._live_jobs.discard(job_id)
+        job_id, state = self._wait(logger, terminating, job_id, files, slurm, watcher)
         return self._conclude(logger, job_id, state, files, plan, mem, minutes)
+
+    def _track(self, watcher: slurm_mod.JobWatcher, old: Optional[str], new: Optional[str]) -> None:
+        """Watch (and cancel at exit) job ``new`` instead of ``old``."""
+        with self._jobs_lock:
+            if old:
+                self._live_jobs.discard(old)
+            if new:
+                self._live_jobs.add(new)
+        if old:
+            watcher.forget(old)
+        if new:
+            watcher.watch(new)
 
     def _wait(
         self,
@@ -183,38 +190,64 @@ class PodmanRootlessSlurm(PodmanRootless):
         files: Dict[str, str],
         slurm: slurm_mod.Slurm,
         watcher: slurm_mod.JobWatcher,
-    ) -> str:
-        """Wait for the job's result (or its end without one); its final Slurm state."""
-        with ExitStack() as cleanup:
-            poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
-            running = False
-            ended_at: Optional[float] = None
-            while True:
-                poll_stderr()
-                if terminating():
-                    slurm.cancel([job_id], logger)
-                    logger.warning(_("cancelled the task's Slurm job", job_id=job_id))
-                    self._await_end(job_id, slurm, 60.0)
-                    raise Terminated()
-                if not running and os.path.exists(files["started"]):
-                    running = True
-                    cleanup.enter_context(self.task_running_context())
-                    with open(files["started"]) as f:
-                        where = f.read().strip()
-                    notice(logger, _("slurm job running", job_id=job_id, node=where))
-                if os.path.exists(files["result"]):
-                    break
-                st = watcher.state(job_id)
-                if st is not None and st.terminal:
-                    # the helper writes its result before the job ends, unless the job was
-                    # killed hard; on NFS the file may show here a little later
-                    ended_at = ended_at or time.monotonic()
-                    grace = _RESULT_GRACE if st.state in ("COMPLETED", "FAILED") else 5.0
-                    if time.monotonic() - ended_at > grace:
+    ) -> Tuple[str, str]:
+        """Wait for the attempt's result (or its job's end without one); (the job that ran
+        the attempt, its final Slurm state). That is the submitted job, unless another job of
+        this attempt claimed it first (a submission whose answer sbatch lost): then that one is
+        followed and the submitted one cancelled."""
+        self._track(watcher, None, job_id)
+        try:
+            with ExitStack() as cleanup:
+                poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
+                running = confirmed = False
+                ended_at: Optional[float] = None
+                while True:
+                    poll_stderr()
+                    if not confirmed:
+                        holder = node.read_claim(files["claim"])
+                        confirmed = holder == job_id
+                        if holder.isdigit() and holder != job_id:
+                            logger.warning(
+                                _(
+                                    "another Slurm job of this task attempt runs it (sbatch"
+                                    " had lost its answer); following it, cancelling the"
+                                    " submitted one",
+                                    job_id=holder,
+                                    submitted=job_id,
+                                )
+                            )
+                            slurm.cancel([job_id], logger)
+                            self._track(watcher, job_id, holder)
+                            job_id = holder
+                            confirmed, ended_at = True, None
+                    if terminating():
+                        # a job still queued must never run the attempt: take its claim
+                        holder = node.claim(files["claim"], "cancelled") or ""
+                        slurm.cancel(sorted(j for j in {job_id, holder} if j.isdigit()), logger)
+                        logger.warning(_("cancelled the task's Slurm job", job_id=job_id))
+                        self._await_end(job_id, slurm, 60.0)
+                        raise Terminated()
+                    if not running and os.path.exists(files["started"]):
+                        running = True
+                        cleanup.enter_context(self.task_running_context())
+                        with open(files["started"]) as f:
+                            where = f.read().strip()
+                        notice(logger, _("slurm job running", job_id=job_id, node=where))
+                    if os.path.exists(files["result"]):
                         break
-                time.sleep(1.0 if running else 0.5)
-            poll_stderr()
-        return self._await_end(job_id, slurm, 30.0)
+                    st = watcher.state(job_id)
+                    if st is not None and st.terminal:
+                        # the helper writes its result before the job ends, unless the job was
+                        # killed hard; on NFS the file may show here a little later
+                        ended_at = ended_at or time.monotonic()
+                        grace = _RESULT_GRACE if st.state in ("COMPLETED", "FAILED") else 5.0
+                        if time.monotonic() - ended_at > grace:
+                            break
+                    time.sleep(1.0 if running else 0.5)
+                poll_stderr()
+            return job_id, self._await_end(job_id, slurm, 30.0)
+        finally:
+            self._track(watcher, job_id, None)
 
     @staticmethod
     def _await_end(job_id: str, slurm: slurm_mod.Slurm, timeout: float) -> str:

@@ -18,10 +18,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
 fi
 
-# the node-failure test may take the node down and back up, as an administrator would (nothing
-# else: the test user gets exactly these two commands as root)
+# the node-failure test may take the node down and back up, and the controller tests may stop,
+# freeze, thaw and start slurmctld, as an administrator (or an overloaded controller) would;
+# nothing else: the test user gets exactly these six commands as root
 cat > /etc/sudoers.d/miniwdl-podman-slurm-test <<SUDO
-$TB_USER ALL=(root) NOPASSWD: /usr/bin/scontrol update nodename=$(hostname -s) state=down reason=miniwdl-podman-test, /usr/bin/scontrol update nodename=$(hostname -s) state=resume
+$TB_USER ALL=(root) NOPASSWD: /usr/bin/scontrol update nodename=$(hostname -s) state=down reason=miniwdl-podman-test, /usr/bin/scontrol update nodename=$(hostname -s) state=resume, /usr/bin/pkill -x slurmctld, /usr/bin/pkill -STOP -x slurmctld, /usr/bin/pkill -CONT -x slurmctld, /usr/sbin/slurmctld
 SUDO
 chmod 440 /etc/sudoers.d/miniwdl-podman-slurm-test
 

@@ -7,6 +7,7 @@ import getpass
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -97,8 +98,10 @@ class SlurmRun:
     ) -> RunResult:
         return self.miniwdl.run(wdl, *inputs, env={**self.env, **(env or {})}, **kw)  # type: ignore
 
-    def start(self, wdl: str, *inputs: str, **kw: object) -> Tuple[subprocess.Popen[str], Path]:
-        return self.miniwdl.start(wdl, *inputs, env=self.env, **kw)  # type: ignore
+    def start(
+        self, wdl: str, *inputs: str, env: Optional[Dict[str, str]] = None, **kw: object
+    ) -> Tuple[subprocess.Popen[str], Path]:
+        return self.miniwdl.start(wdl, *inputs, env={**self.env, **(env or {})}, **kw)  # type: ignore
 
 
 @pytest.fixture(scope="session")
@@ -288,6 +291,107 @@ def test_node_failure_is_interrupted_and_retried(slurm: SlurmRun) -> None:
 
     outcome = _fault_mid_task(slurm, node_down)
     _assert_retried_after(*outcome, "was lost: its node failed (NODE_FAIL)")
+
+
+def _controller_up() -> bool:
+    return subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
+                          timeout=60).stdout.strip() in ("idle", "mixed", "allocated")  # fmt: skip
+
+
+def _slurmctld(*args: str) -> None:
+    """Stop (-x), freeze (-STOP -x) or thaw (-CONT -x) slurmctld through the test bed's sudo
+    rule, or start it (no args)."""
+    cmd = ["/usr/bin/pkill", *args, "slurmctld"] if args else ["/usr/sbin/slurmctld"]
+    subprocess.run(["sudo", "-n", *cmd], check=True, timeout=60)
+
+
+def _task_logs(run_dir: Path) -> str:
+    return "".join(p.read_text() for p in _files(run_dir, "task.log"))
+
+
+def _jobs_of(proc: subprocess.Popen[str]) -> List[Dict[str, str]]:
+    """The Slurm jobs (finished ones too) that the miniwdl process ``proc`` submitted."""
+    prefix = f"miniwdl-podman:{proc.pid}@"
+    return [j for j in _squeue("--states=all") if j["comment"].startswith(prefix)]
+
+
+def _finish(proc: subprocess.Popen[str]) -> str:
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+def test_submission_waits_out_a_controller_restart(slurm: SlurmRun) -> None:
+    """A task submitted while slurmctld is down is submitted again once it is back (no error),
+    and runs in exactly one job."""
+    _slurmctld("-x")
+    try:
+        _wait_for(lambda: subprocess.run(["pgrep", "-x", "slurmctld"]).returncode != 0,
+                  what="slurmctld to stop")  # fmt: skip
+        proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=1", f"image={PULL_IMAGE}",
+                                    args=["--verbose"])  # fmt: skip
+        _wait_for(lambda: "Unable to contact slurm controller" in _task_logs(run_dir),
+                  timeout=120, what="a submission to fail")  # fmt: skip
+    finally:
+        _slurmctld()
+        _wait_for(_controller_up, timeout=120, what="the controller and node to be back")
+    _finish(proc)
+    assert "trying sbatch again" in _task_logs(run_dir)
+    assert len(_jobs_of(proc)) == 1, _jobs_of(proc)
+
+
+def test_job_taken_although_sbatch_timed_out_is_adopted(slurm: SlurmRun) -> None:
+    """With slurmctld frozen, sbatch times out although the controller takes the job once it
+    thaws (a busy cluster's 'Socket timed out'): the backend finds that job by its comment and
+    follows it instead of submitting a second one."""
+    _slurmctld("-STOP", "-x")
+    try:
+        proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=1", f"image={PULL_IMAGE}",
+                                    args=["--verbose"])  # fmt: skip
+        _wait_for(lambda: "Socket timed out" in _task_logs(run_dir), timeout=180,
+                  what="sbatch to time out")  # fmt: skip
+    finally:
+        _slurmctld("-CONT", "-x")
+    _finish(proc)
+    assert "sbatch failed, but Slurm had taken the job" in _task_logs(run_dir)
+    assert len(_jobs_of(proc)) == 1, _jobs_of(proc)
+
+
+def test_a_second_job_of_one_attempt_never_runs_it_twice(slurm: SlurmRun) -> None:
+    """Two jobs for one task attempt: the one that claims it runs it and the backend follows
+    that one (cancelling the other); the node helper started again for the same attempt exits
+    without running anything."""
+    held_env = {"MINIWDL__PODMAN_ROOTLESS_SLURM__EXTRA_ARGS": "--hold"}
+    proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=1", f"image={PULL_IMAGE}",
+                                args=["--verbose"], env=held_env)  # fmt: skip
+    try:
+        _wait_for(lambda: "slurm job submitted" in _task_logs(run_dir), what="the held job")
+    except BaseException:
+        proc.kill()
+        raise
+    (plan,) = _files(run_dir, "slurm/try1.json")
+    held = [j["id"] for j in _jobs_of(proc)]
+    assert len(held) == 1
+    other = subprocess.run(
+        ["sbatch", "--parsable", f"--chdir={plan.parent.parent}", "--output=/dev/null",
+         "--wrap", f"exec {sys.executable} -m miniwdl_podman node-run {plan}"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    _finish(proc)
+    log = _task_logs(run_dir)
+    assert "another Slurm job of this task attempt runs it" in log
+    assert f'slurm job ended :: job_id: "{other}"' in log
+    assert _squeue("--states=all", f"--jobs={held[0]}")[0]["state"] == "CANCELLED"
+    result = plan.with_suffix(".result").read_text()
+    again = subprocess.run([sys.executable, "-m", "miniwdl_podman", "node-run", str(plan)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert f"this task attempt is taken by {other}" in again.stderr
+    assert "podman container" not in again.stderr
+    assert plan.with_suffix(".result").read_text() == result
 
 
 def test_preempted_job_is_interrupted_and_retried(slurm: SlurmRun) -> None:

@@ -75,10 +75,54 @@ def test_slurm_settings_refuse_conflicting_or_bad_values(raw: dict, expected: st
 
 
 def test_comment_round_trip_and_foreign_comments() -> None:
-    """Our job comment names pid and host; other comments are not ours."""
-    assert slurm.parse_comment(slurm.job_comment(42, "login1")) == (42, "login1")
+    """Our job comment names pid and host (and a per-submission token); other comments, and
+    a malformed one, are not ours."""
+    assert slurm.parse_comment(slurm.job_comment(42, "login1", "ab12")) == (42, "login1")
+    assert slurm.parse_comment("miniwdl-podman:42@login1") == (42, "login1")  # older runs' form
     assert slurm.parse_comment("something else") is None
     assert slurm.parse_comment("miniwdl-podman:x@h") is None
+
+
+@pytest.mark.parametrize(
+    ("said", "transient"),
+    [
+        ("sbatch: error: Batch job submission failed: Unable to contact slurm controller"
+         " (connect failure)", True),
+        ("sbatch: error: Batch job submission failed: Socket timed out on send/recv operation",
+         True),
+        ("sbatch: error: Slurm temporarily unable to accept job, sleeping and retrying", True),
+        ("sbatch did not answer within 120 s", True),
+        ("sbatch: error: Batch job submission failed: Requested node configuration is not"
+         " available", False),
+        ("sbatch: error: Batch job submission failed: Invalid account or account/partition"
+         " combination specified", False),
+        ("sbatch: error: invalid partition specified: nope", False),
+    ],
+)  # fmt: skip
+def test_transient_sbatch_failures_are_told_from_refusals(said: str, transient: bool) -> None:
+    """A controller that does not answer is worth retrying; a job Slurm refuses is not."""
+    assert slurm.transient_submit_error(said) is transient
+
+
+def test_only_a_lost_answer_is_searched_for_a_taken_job() -> None:
+    """After a timeout the job may have been taken (look for it); after a connect failure the
+    request never reached the controller."""
+    assert slurm.submission_may_have_landed("Socket timed out on send/recv operation")
+    assert slurm.submission_may_have_landed("sbatch did not answer within 120 s")
+    assert not slurm.submission_may_have_landed(
+        "Unable to contact slurm controller (connect failure)"
+    )
+
+
+def test_a_submission_finds_its_own_job_by_comment() -> None:
+    """After a lost answer, the job carrying this submission's exact comment is found (not
+    another of the same run's)."""
+    mine = slurm.job_comment(7, "h", "tok1")
+    jobs = slurm.parse_squeue(
+        f"30|PENDING|None||{slurm.job_comment(7, 'h', 'tok0')}\n31|PENDING|None||{mine}\n"
+    )
+    assert slurm.job_with_comment(jobs, mine) == "31"
+    assert slurm.job_with_comment(jobs, slurm.job_comment(7, "h", "tok2")) is None
 
 
 def test_parse_squeue_and_scontrol() -> None:
