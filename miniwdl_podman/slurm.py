@@ -311,9 +311,9 @@ class Slurm:
         """Submit a job whose ``--comment`` is ``comment``; its id.
 
         While Slurm's controller does not answer (restart, failover, overload), sbatch is tried
-        again with backoff for up to ``submit_timeout`` seconds; before each retry, a job that
-        carries ``comment`` (taken although the answer was lost) is adopted instead, so a task
-        never gets two jobs. Raises SlurmError with sbatch's own words when Slurm refuses the
+        again with backoff for up to ``submit_timeout`` seconds. After a failure that may hide
+        a job Slurm took (a timeout: the answer was lost), squeue is asked, once it answers,
+        for a job carrying ``comment``, which is adopted instead of submitting another. Raises SlurmError with sbatch's own words when Slurm refuses the
         job, or when the controller did not answer in time; Terminated if the run is cancelled
         meanwhile.
         """
