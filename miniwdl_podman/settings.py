@@ -244,7 +244,7 @@ def slurm_from_mapping(raw: Dict[str, str]) -> SlurmSettings:
 _SLURM_OWNED = frozenset(
     ["--wait", "-W", "--parsable", "--requeue", "--no-requeue", "--output", "-o", "--error",
      "-e", "--job-name", "-J", "--ntasks", "-n", "--cpus-per-task", "-c", "--mem", "--chdir",
-     "-D", "--comment"]
+     "-D", "--comment", "--open-mode"]
 )  # fmt: skip
 
 

@@ -71,6 +71,8 @@ def sbatch_args(
         "--no-requeue",
         f"--cpus-per-task={max(1, cpu)}",
         f"--output={output}",
+        # two jobs of one attempt (a lost sbatch answer) share the log: never truncate it
+        "--open-mode=append",
         f"--chdir={workdir}",
         f"--comment={comment}",
     ]
@@ -310,11 +312,12 @@ class Slurm:
     ) -> str:
         """Submit a job whose ``--comment`` is ``comment``; its id.
 
-        While Slurm's controller does not answer (restart, failover, overload), sbatch is tried
-        again with backoff for up to ``submit_timeout`` seconds. After a failure that may hide
-        a job Slurm took (a timeout: the answer was lost), squeue is asked, once it answers,
-        for a job carrying ``comment``, which is adopted instead of submitting another. Raises SlurmError with sbatch's own words when Slurm refuses the
-        job, or when the controller did not answer in time; Terminated if the run is cancelled
+        While Slurm's controller does not answer (restart, failover, overload), sbatch is
+        tried again with backoff for up to ``submit_timeout`` seconds. After a failure that
+        may hide a job Slurm took (a timeout: the answer was lost), squeue is asked, once it
+        answers, for a job carrying ``comment``, which is adopted instead of submitting
+        another. Raises SlurmError with sbatch's own words when Slurm refuses the job, or
+        when the controller did not answer in time; Terminated if the run is cancelled
         meanwhile.
         """
         deadline = time.monotonic() + self.submit_timeout

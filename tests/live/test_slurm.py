@@ -345,8 +345,9 @@ def test_submission_waits_out_a_controller_restart(slurm: SlurmRun) -> None:
 
 def test_job_taken_although_sbatch_timed_out_is_adopted(slurm: SlurmRun) -> None:
     """With slurmctld frozen, sbatch times out although the controller takes the job once it
-    thaws (a busy cluster's 'Socket timed out'): the backend finds that job by its comment and
-    follows it instead of submitting a second one."""
+    thaws (a busy cluster's 'Socket timed out'): the backend finds that job by its comment, or,
+    if squeue answers before the controller has taken it, submits again and the claim lets only
+    one of the two run the attempt, which the backend follows. Either way it runs once."""
     _slurmctld("-STOP", "-x")
     try:
         proc, run_dir = slurm.start(SLEEPY_WDL, "n=1", "seconds=1", f"image={PULL_IMAGE}",
@@ -356,8 +357,17 @@ def test_job_taken_although_sbatch_timed_out_is_adopted(slurm: SlurmRun) -> None
     finally:
         _slurmctld("-CONT", "-x")
     _finish(proc)
-    assert "sbatch failed, but Slurm had taken the job" in _task_logs(run_dir)
-    assert len(_jobs_of(proc)) == 1, _jobs_of(proc)
+    log = _task_logs(run_dir)
+    jobs = _jobs_of(proc)
+    (claim,) = _files(run_dir, "slurm/try1.claim")
+    runner = claim.read_text()
+    if "sbatch failed, but Slurm had taken the job" in log:
+        assert [j["id"] for j in jobs] == [runner]
+    else:  # the race: a second submission, never run
+        assert "another Slurm job of this task attempt runs it" in log
+        assert len(jobs) == 2 and runner in [j["id"] for j in jobs]
+    (node_log,) = _files(run_dir, "slurm/try1.log")
+    assert node_log.read_text().count("podman container started") == 1
 
 
 def test_a_second_job_of_one_attempt_never_runs_it_twice(slurm: SlurmRun) -> None:

@@ -29,6 +29,7 @@ def test_sbatch_args_carry_the_task_runtime_and_quote_the_helper() -> None:
     args = _args()
     assert "--parsable" in args and "--ntasks=1" in args and "--cpus-per-task=4" in args
     assert "--no-requeue" in args  # miniwdl retries, in a fresh work dir
+    assert "--open-mode=append" in args  # two jobs of one attempt never truncate its log
     assert "--mem=3073M" in args
     assert "--comment=miniwdl-podman:1@h" in args
     assert (
@@ -64,6 +65,8 @@ def test_sbatch_args_time_gpu_and_extra_args() -> None:
         ({"extra_args": "-c 4"}, "-c is set by the backend"),
         ({"extra_args": "--qos 'unclosed"}, "shell quoting"),
         ({"time_minutes": "-3"}, "expected a whole number"),
+        ({"submit_timeout": "0"}, "positive number of seconds"),
+        ({"extra_args": "--open-mode=truncate"}, "--open-mode is set by the backend"),
     ],
 )
 def test_slurm_settings_refuse_conflicting_or_bad_values(raw: dict, expected: str) -> None:
