@@ -1,14 +1,14 @@
 """The Slurm backend's node helper: ``python -m miniwdl_podman node-run JOB.json``.
 
 Runs inside the task's Slurm job on the compute node, as the user. It first claims the task
-attempt (:func:`claim`): a second job for the same attempt exits without running anything.
-Then it starts a private Podman
-API service of its own inside the job (so the container's conmon and processes stay in the
-job's cgroup, where Slurm accounts for them, enforces the job's memory and kills them with the
-job), on node-local storage; then it runs the task's :class:`~miniwdl_podman.launch.TaskPlan`
-through the same :class:`~miniwdl_podman.launch.Launcher` as the local backend, gives back
-files owned by other uids, and writes a result file next to the plan for the login side. On
-SIGTERM (scancel, the time limit) it kills and removes the container and reports that.
+attempt (:func:`claim`): a second job for the same attempt exits without running anything. Then
+it starts a private Podman API service of its own inside the job (so the container's conmon and
+processes stay in the job's cgroup, where Slurm accounts for them, enforces the job's memory
+and kills them with the job), on node-local storage; then it runs the task's
+:class:`~miniwdl_podman.launch.TaskPlan` through the same
+:class:`~miniwdl_podman.launch.Launcher` as the local backend, gives back files owned by other
+uids, and writes a result file next to the plan for the login side. On SIGTERM (scancel, the
+time limit) it kills and removes the container and reports that.
 
 Exit status: the command's, or 1 when the helper itself failed (the result says why).
 """
