@@ -83,9 +83,30 @@ def sbatch_args(
         args.append(f"--time={minutes}")
     if gpu and settings.gpu_gres:
         args.append(f"--gres={settings.gpu_gres}")
-    args.extend(settings.extra_args)
+    extra = list(settings.extra_args)
+    if memory_bytes > 0:
+        # sbatch refuses --mem beside a site default of --mem-per-cpu/--mem-per-gpu given in
+        # extra_args: the task's own runtime.memory wins; tasks without it keep the default
+        extra = _drop_options(extra, ("--mem-per-cpu", "--mem-per-gpu"))
+    args.extend(extra)
     args.append("--wrap=exec " + " ".join(shlex.quote(c) for c in command))
     return args
+
+
+def _drop_options(args: Sequence[str], names: Sequence[str]) -> List[str]:
+    """``args`` without the options ``names``, given as ``--name=value`` or ``--name value``."""
+    ans: List[str] = []
+    skip_value = False
+    for arg in args:
+        if skip_value:
+            skip_value = False
+            continue
+        name, eq, _value = arg.partition("=")
+        if name in names:
+            skip_value = not eq
+            continue
+        ans.append(arg)
+    return ans
 
 
 def job_comment(pid: int, host: str, token: str) -> str:

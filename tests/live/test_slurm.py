@@ -224,6 +224,46 @@ task big {
     assert "big.ok" in res.outputs
 
 
+def test_task_memory_wins_over_a_site_memory_per_cpu_default(slurm: SlurmRun) -> None:
+    """With --mem-per-cpu in extra_args (a site's default), a task with runtime.memory runs with
+    its own --mem (sbatch refuses the two together) and a task without keeps the default."""
+    wdl = """
+version 1.0
+workflow w {
+    input { String image }
+    call sized { input: image = image }
+    call unsized { input: image = image }
+    output { Array[String] ok = [sized.ok, unsized.ok] }
+}
+task sized {
+    input { String image }
+    command <<< echo ok >>>
+    output { String ok = read_string(stdout()) }
+    runtime {
+        docker: image
+        memory: "300 MiB"
+    }
+}
+task unsized {
+    input { String image }
+    command <<< echo ok >>>
+    output { String ok = read_string(stdout()) }
+    runtime { docker: image }
+}
+"""
+    site_default = {"MINIWDL__PODMAN_ROOTLESS_SLURM__EXTRA_ARGS": "--mem-per-cpu=256M"}
+    res = slurm.run(wdl, f"image={PULL_IMAGE}", args=["--verbose"], env=site_default)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["w.ok"] == ["ok", "ok"]
+    sbatch = {
+        p.parent.name: next(ln for ln in p.read_text().splitlines() if "sbatch :: args" in ln)
+        for p in _files(res.run_dir, "task.log")
+    }
+    sized, unsized = sbatch["call-sized"], sbatch["call-unsized"]
+    assert '"--mem=300M"' in sized and "--mem-per-cpu" not in sized
+    assert '"--mem-per-cpu=256M"' in unsized and "--mem=" not in unsized
+
+
 def _fault_mid_task(
     slurm: SlurmRun,
     fault: Callable[[subprocess.Popen[str], Path], None],

@@ -58,6 +58,23 @@ def test_sbatch_args_time_gpu_and_extra_args() -> None:
     assert "--time=5" in args
 
 
+def test_task_memory_replaces_a_site_default_of_memory_per_cpu() -> None:
+    """A task with runtime.memory gets --mem and none of the extra_args' --mem-per-cpu or
+    --mem-per-gpu (sbatch refuses both together); a task without keeps them."""
+    ss = settings.slurm_from_mapping(
+        {"extra_args": "--mem-per-cpu=2G --partition=p --mem-per-gpu 8G --qos=q"}
+    )
+    common = dict(job_name="j", cpu=1, time_minutes=0, gpu=False, output="o", workdir="w",
+                  comment="c", command=CMD)  # fmt: skip
+    sized = slurm.sbatch_args(ss, memory_bytes=2**30, **common)  # type: ignore[arg-type]
+    assert "--mem=1024M" in sized
+    assert not [a for a in sized if a.startswith("--mem-per") or a == "8G"]
+    assert "--partition=p" in sized and "--qos=q" in sized
+    unsized = slurm.sbatch_args(ss, memory_bytes=0, **common)  # type: ignore[arg-type]
+    assert "--mem-per-cpu=2G" in unsized and unsized[unsized.index("--mem-per-gpu") + 1] == "8G"
+    assert not [a for a in unsized if a.startswith("--mem=")]
+
+
 @pytest.mark.parametrize(
     ("raw", "expected"),
     [
