@@ -113,11 +113,13 @@ class Scheduler:
         return Reservation(self, min(cpu, self.cpu), min(mem_bytes, self.mem_bytes), gpu_slot)
 
     def fits(self, cpu: int, mem_bytes: int, gpu: int, used: Tuple[int, int, int]) -> bool:
-        """Whether a reservation fits beside what is ``used`` (cpu, memory, GPU slots)."""
+        """Whether a reservation fits beside what is ``used`` (cpu, memory, GPU slots). The GPU
+        bound applies only to a reservation that takes a slot: slots held elsewhere (another
+        run's, perhaps allowed more) never hold back a task that asks for no GPU."""
         return (
             used[0] + cpu <= self.cpu
             and used[1] + mem_bytes <= self.mem_bytes
-            and used[2] + gpu <= max(self.gpu_slots, gpu)
+            and (not gpu or used[2] + gpu <= self.gpu_slots)
         )
 
 

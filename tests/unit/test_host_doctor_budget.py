@@ -137,3 +137,14 @@ def test_shared_budget_shares_gpu_slots_between_processes(tmp_path: Path) -> Non
         assert r.waited > 0.1
         assert r.gpu == 1
     t.join()
+
+
+def test_gpu_slots_another_run_holds_never_stop_tasks_without_gpu(tmp_path: Path) -> None:
+    """A run allowed two GPU slots holds both; a run allowed one still starts its tasks that
+    ask for no GPU at once (only its GPU tasks wait)."""
+    generous = budget.SharedScheduler(8, 1 << 30, str(tmp_path), gpu_slots=2, poll=0.01)
+    strict = budget.SharedScheduler(8, 1 << 30, str(tmp_path), gpu_slots=1, poll=0.01)
+    assert strict.fits(1, 0, 0, (2, 0, 2)) and not strict.fits(1, 0, 1, (2, 0, 2))
+    held = generous.reserve(1, 0, gpu=True), generous.reserve(1, 0, gpu=True)
+    with held[0], held[1], strict.reserve(1, 0) as r:
+        assert r.waited < 0.1
