@@ -59,6 +59,26 @@ def rootless(session: nox.Session) -> None:
     session.run("bash", "contrib/testbed/run-tests.sh", *session.posargs, external=True)
 
 
+def _lane(session: nox.Session, lane: str) -> None:
+    if os.geteuid() != 0:
+        session.error("run as root: it builds the lane's tree and the test users in it")
+    session.run("bash", "contrib/testbed/lane.sh", lane, *session.posargs, external=True)
+
+
+@nox.session(python=False)
+def rootless_podman5(session: nox.Session) -> None:
+    """As root: every test as an unprivileged user on Podman 5.x (Debian 13's: crun, pasta,
+    cgroup v2), in a cached debootstrap tree (contrib/testbed/lane.sh)."""
+    _lane(session, "podman5")
+
+
+@nox.session(python=False)
+def rootless_podman6(session: nox.Session) -> None:
+    """As root: every test as an unprivileged user on Podman 6.x (Debian experimental's: crun,
+    pasta, cgroup v2), in a cached debootstrap tree (contrib/testbed/lane.sh)."""
+    _lane(session, "podman6")
+
+
 @nox.session(python=False)
 def bench(session: nox.Session) -> None:
     """Benchmark against the raw CLI and miniwdl's built-in podman backend (docs/benchmarks.md).

@@ -87,7 +87,7 @@ class PodmanRootless(TaskContainer):
             )
         cls._host_ids = identity.host_ids(engine.info, os.geteuid(), os.getegid())
         cls._launcher = launch.Launcher(engine, settings, cls._host_ids)
-        cls._enforcement = resources.enforcement(engine.info)
+        cls._enforcement = resources.enforcement(engine.facts)
         cls._selinux_enforcing = mounts_mod.selinux_enforcing()
         notice(
             logger,
@@ -233,7 +233,7 @@ class PodmanRootless(TaskContainer):
                         f"{enf.why_not}; to enforce them, {enf.fix}",
                     )
                 )
-        return resources.limit_kwargs(enf, cpu, memory_limit)
+        return resources.hard_limits(enf, cpu, memory_limit)
 
     def _network(self, settings: settings_mod.Settings, logger: logging.Logger) -> str:
         """The task's network: runtime.docker_network if allowed, else the configured one."""

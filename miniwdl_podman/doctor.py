@@ -310,12 +310,10 @@ class Doctor:
         return self.engine.info if self.engine is not None else None
 
     def check_oci_runtime(self) -> None:
-        info = self._info()
-        if info is None:
+        if self.engine is None:
             return
-        h = info.get("host", {})
-        name = str(h.get("ociRuntime", {}).get("name", "?"))
-        if name == "crun" and h.get("cgroupVersion") == "v1":
+        facts = self.engine.facts
+        if facts.runtime_fails_on_cgroups:
             runc = shutil.which("runc") or (
                 "/usr/sbin/runc" if os.path.exists("/usr/sbin/runc") else None
             )
@@ -329,7 +327,7 @@ class Doctor:
                 action="runtime" if runc else None,
             )
         else:
-            self.add("oci runtime", PASS, f"{name}")
+            self.add("oci runtime", PASS, f"{facts.runtime or '?'} (cgroup {facts.cgroup_version})")
 
     def check_storage(self) -> None:
         info = self._info()
@@ -389,19 +387,19 @@ class Doctor:
             self.add("storage driver", PASS, driver)
 
     def check_cgroups(self) -> None:
-        info = self._info()
-        if info is None:
+        if self.engine is None:
             return
-        enf = resources.enforcement(info)
-        h = info.get("host", {})
-        ctl = ",".join(h.get("cgroupControllers") or []) or "none"
-        what = f"cgroup {h.get('cgroupVersion')}, controllers delegated: {ctl}"
+        facts = self.engine.facts
+        enf = resources.enforcement(facts)
+        ctl = ",".join(sorted(facts.cgroup_controllers)) or "none"
+        what = f"cgroup {facts.cgroup_version}, controllers delegated: {ctl}"
+        data = {"version": facts.cgroup_version, "controllers": sorted(facts.cgroup_controllers)}
         if enf.cpu and enf.memory:
-            self.add("cgroups", PASS, f"{what}; cpu and memory limits are enforced")
+            self.add("cgroups", PASS, f"{what}; cpu and memory limits are enforced", data=data)
         else:
             self.add("cgroups", WARN, f"{what}; {enf.why_not}: tasks run without hard limits"
                      " (the scheduler still keeps the host from oversubscription)",
-                     enf.fix)  # fmt: skip
+                     enf.fix, data=data)  # fmt: skip
 
     def check_selinux(self) -> None:
         info = self._info()

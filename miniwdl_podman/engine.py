@@ -10,8 +10,9 @@ terminating. Every podman-py / requests exception is translated here into the ty
 
 podman-py's high-level ``containers.create`` re-inspects each new container and drops the
 create response's ``Warnings``, and ``images.pull`` swallows pull errors (podman-py#301); so the
-few hot or lossy calls go through podman-py's ``APIClient`` directly, with the request body
-rendered by podman-py's own ``CreateMixin._render_payload``.
+few hot or lossy calls go through podman-py's ``APIClient`` to libpod's documented REST
+endpoints, with the create body written by :mod:`miniwdl_podman.libpod`. What differs between
+Podman versions is read from :class:`~miniwdl_podman.podman_facts.PodmanFacts` (``facts``).
 """
 
 from __future__ import annotations
@@ -33,14 +34,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import requests
-from podman import PodmanClient, api
-from podman.domain.containers_create import CreateMixin
+from podman import PodmanClient
 from podman.errors import APIError, BuildError, NotFound
 from podman.errors import PodmanError as PodmanException
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime.error import Terminated
 
-from . import budget
+from . import budget, libpod, podman_facts
 from . import host as host_mod
 from . import images as images_mod
 from . import service as service_mod
@@ -206,6 +206,7 @@ class Engine:
         self.source = ""
         self.version: Dict[str, Any] = {}
         self.info: Dict[str, Any] = {}
+        self.facts = podman_facts.PodmanFacts()
         self._private: Optional[service_mod.PrivateService] = None
         self._client: Optional[PodmanClient] = None
         self._lock = threading.Lock()
@@ -263,24 +264,27 @@ class Engine:
                 f"Podman API service at {self.url} answered ping but not version/info:"
                 f" {_explain(exn)}; check `podman info` as this user"
             ) from None
-        host = self.info.get("host", {})
-        store = self.info.get("store", {})
+        facts = self.facts = podman_facts.from_service(self.version, self.info)
         notice(
             logger,
             _(
                 "podman service",
                 url=self.url,
                 source=self.source,
-                version=self.version.get("Version", "?"),
-                api_version=self.version.get("ApiVersion", "?"),
-                rootless=host.get("security", {}).get("rootless"),
-                runtime=host.get("ociRuntime", {}).get("name"),
-                cgroups=host.get("cgroupVersion"),
-                storage_driver=store.get("graphDriverName"),
+                version=facts.version_text or "?",
+                api_version=facts.api_version or "?",
+                rootless=facts.rootless,
+                runtime=facts.runtime,
+                cgroups=facts.cgroup_version,
+                controllers=sorted(facts.cgroup_controllers),
+                network=facts.rootless_network,
+                storage_driver=facts.storage_driver,
             ),
         )
-        for what in ("graphRoot", "runRoot"):
-            where = str(store.get(what) or "")
+        if facts.unsupported_reason:
+            self.close()
+            raise PodmanUnavailable(facts.unsupported_reason)
+        for what, where in (("graphRoot", facts.graph_root), ("runRoot", facts.run_root)):
             kind = host_mod.fs_type(where) if where else "unknown"
             if host_mod.is_network_fs(kind):
                 logger.warning(
@@ -291,19 +295,19 @@ class Engine:
                         path=where,
                     )
                 )
-        if store.get("graphDriverName") == "vfs":
+        if facts.storage_driver == "vfs":
             logger.warning(
                 _(
                     "podman storage driver is vfs: every container copies its whole image;"
                     ' set driver = "overlay" in ~/.config/containers/storage.conf'
                     " (then `podman system reset`) where the kernel allows",
-                    graph_root=store.get("graphRoot"),
+                    graph_root=facts.graph_root,
                 )
             )
 
     @property
     def graph_root(self) -> str:
-        return str(self.info.get("store", {}).get("graphRoot", ""))
+        return self.facts.graph_root
 
     @property
     def client(self) -> PodmanClient:
@@ -506,8 +510,14 @@ class Engine:
             stream=True,
             timeout=_UNBOUNDED,
         )
-        resp.raise_for_status()
-        for line in resp.iter_lines():
+        if resp.status_code >= 400:
+            # Podman 6 answers a failed pull with an error status and a JSON body; up to 5.x
+            # the answer is 200 and the error comes in the stream: both are the registry's word
+            try:
+                resp.raise_for_status()
+            except APIError as exn:
+                errors.append(_explain(exn))
+        for line in resp.iter_lines() if not errors else ():
             if not line:
                 continue
             try:
@@ -692,7 +702,7 @@ class Engine:
                 self._remove(cid, spec.name, logger, running=True)
 
     def _create(self, spec: ContainerSpec, logger: logging.Logger) -> str:
-        payload = CreateMixin._render_payload({"image": spec.image, **spec.create_kwargs()})
+        payload = libpod.create_body(spec)
         logger.debug(
             _(
                 "podman create request",
@@ -706,11 +716,11 @@ class Engine:
                         "destination": m["destination"],
                         "options": m["options"],
                     }
-                    for m in payload.get("mounts") or []
+                    for m in payload["mounts"]
                 ],
             )
         )
-        body = api.prepare_body(payload)
+        body = json.dumps(payload)
         warnings: List[str] = []
         cid = ""
         for attempt in range(1, _CREATE_TRIES + 1):

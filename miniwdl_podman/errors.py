@@ -63,6 +63,16 @@ _HINTS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
         ' `[engine] runtime = "runc"` in ~/.config/containers/containers.conf',
     ),
     (
+        ("cgroups v1 not supported",),
+        "this Podman (6.0 or newer) runs only on cgroup v2 hosts: boot the host with cgroup v2"
+        " (kernel argument systemd.unified_cgroup_hierarchy=1), or use Podman 5.x or 4.x here",
+    ),
+    (
+        ('slirp4netns" support has been removed', "slirp4netns support has been removed"),
+        "this Podman (6.0 or newer) has no slirp4netns: set [podman_rootless] network to pasta"
+        " (or leave it empty for Podman's default), and drop slirp4netns from allow_networks",
+    ),
+    (
         ("/dev/net/tun", "slirp4netns", "pasta"),
         "rootless networking failed: set [podman_rootless] network = none if tasks need no"
         " network, or ask an administrator to make /dev/net/tun usable (chmod 666 /dev/net/tun)",

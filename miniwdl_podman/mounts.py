@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 from WDL import Error
 
@@ -27,18 +27,6 @@ class Mount:
     read_only: bool
     relabel: Optional[str] = None  # SELinux: "z" (shared) or "Z" (private); None: no relabel
     kind: str = "bind"  # bind | tmpfs
-
-    def as_podman(self) -> Dict[str, object]:
-        """The podman-py ``mounts=[...]`` form (libpod options ``["ro", "z"]`` etc.)."""
-        if self.kind == "tmpfs":
-            # mode 1777 like /tmp: writable whatever uid the task runs as inside
-            return {"type": "tmpfs", "source": "tmpfs", "target": self.target, "mode": "1777"}
-        ans: Dict[str, object] = {"type": "bind", "source": self.source, "target": self.target}
-        if self.read_only:
-            ans["read_only"] = True
-        if self.relabel:
-            ans["relabel"] = self.relabel
-        return ans
 
 
 SELINUX_MODES = ("disable", "shared", "private", "none")

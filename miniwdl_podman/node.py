@@ -77,6 +77,31 @@ def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def write_job(
+    base: str, plan: launch.TaskPlan, settings: Settings, storage: str = "", runtime_dir: str = ""
+) -> Dict[str, str]:
+    """Write the job file that ``node-run`` reads (``BASE.json``) for one task attempt, and
+    clear what an earlier job of that attempt left; the paths of the attempt's files by kind
+    (json, result, started, claim, log)."""
+    files = {k: f"{base}.{k}" for k in ("json", "result", "started", "claim", "log")}
+    for stale in ("result", "started", "claim"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(files[stale])
+    write_json_atomic(
+        files["json"],
+        {
+            "plan": json.loads(plan.to_json()),
+            "settings": settings_to_json(settings),
+            "storage": storage,
+            "runtime_dir": runtime_dir,
+            "result": files["result"],
+            "started": files["started"],
+            "claim": files["claim"],
+        },
+    )
+    return files
+
+
 def claim(path: str, holder: str) -> Optional[str]:
     """Take a task attempt's claim file for ``holder`` (a Slurm job id, or ``cancelled``): None
     if it is now ours, else who holds it ("" if unreadable).

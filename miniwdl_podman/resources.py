@@ -5,9 +5,9 @@ scheduler then reserves each running task's cpu and memory (and a GPU slot for a
 ``runtime.gpu`` task) so that the tasks running at once never oversubscribe the host. Limits
 come from the host's CPUs and memory, reduced to the CPU affinity, cgroup CPU quota and cgroup
 memory limit this process is confined to when those are smaller. The rest is pure: which hard
-limits this host's rootless Podman can enforce (from ``podman info``), the create arguments for
-them, the message for a task killed for memory, and which CDI device kinds the host's spec
-files declare.
+limits this host's rootless Podman can enforce (from its
+:class:`~miniwdl_podman.podman_facts.PodmanFacts`), the limits to ask for, the message for a
+task killed for memory, and which CDI device kinds the host's spec files declare.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import psutil
+
+from .podman_facts import PodmanFacts
 
 
 def _cgroup_memory_limit() -> Optional[int]:
@@ -158,8 +160,6 @@ class Reservation:
 
 # -- hard limits ---------------------------------------------------------------------------------
 
-CPU_PERIOD = 100_000  # microseconds; podman-py drops nano_cpus, so limits go as period/quota
-
 CGROUP_V2_DELEGATION_FIX = (
     "delegate the controllers to users: create /etc/systemd/system/user@.service.d/delegate.conf"
     " with `[Service]` and `Delegate=cpu cpuset io memory pids`, run `systemctl daemon-reload`,"
@@ -181,21 +181,19 @@ class Enforcement:
     fix: str = ""
 
 
-def enforcement(info: Mapping[str, Any]) -> Enforcement:
-    """What ``podman info`` says about cgroups: version and the controllers delegated to us."""
-    host = info.get("host", {})
-    if not host.get("security", {}).get("rootless", True):
+def enforcement(facts: PodmanFacts) -> Enforcement:
+    """What the service's facts say about cgroups: version and the controllers delegated to us."""
+    if not facts.rootless:
         return Enforcement(cpu=True, memory=True)
-    version = str(host.get("cgroupVersion", ""))
-    controllers = set(host.get("cgroupControllers") or [])
-    if version != "v2":
+    if facts.cgroup_version != "v2":
         return Enforcement(
             cpu=False,
             memory=False,
-            why_not=f"cgroup {version or 'v1'}: rootless Podman cannot set resource limits",
+            why_not=f"cgroup {facts.cgroup_version or 'v1'}: rootless Podman cannot set resource"
+            " limits",
             fix=CGROUP_V1_FIX,
         )
-    cpu, memory = "cpu" in controllers, "memory" in controllers
+    cpu, memory = "cpu" in facts.cgroup_controllers, "memory" in facts.cgroup_controllers
     missing = [c for c, ok in (("cpu", cpu), ("memory", memory)) if not ok]
     if not missing:
         return Enforcement(cpu=True, memory=True)
@@ -207,15 +205,15 @@ def enforcement(info: Mapping[str, Any]) -> Enforcement:
     )
 
 
-def limit_kwargs(enf: Enforcement, cpu: int, memory_limit: int) -> Dict[str, int]:
-    """podman-py create kwargs for the limits this host can enforce (none it cannot: asking
-    for an undelegated controller makes Podman fail the container instead of ignoring it)."""
+def hard_limits(enf: Enforcement, cpu: int, memory_limit: int) -> Dict[str, int]:
+    """The task's hard limits that this host can enforce, in neutral terms (``cpu``: CPUs,
+    ``memory_bytes``); none it cannot: asking for an undelegated controller makes Podman fail
+    the container instead of ignoring it."""
     ans: Dict[str, int] = {}
     if enf.cpu and cpu > 0:
-        ans["cpu_period"] = CPU_PERIOD
-        ans["cpu_quota"] = cpu * CPU_PERIOD
+        ans["cpu"] = cpu
     if enf.memory and memory_limit > 0:
-        ans["mem_limit"] = memory_limit
+        ans["memory_bytes"] = memory_limit
     return ans
 
 

@@ -133,22 +133,12 @@ class PodmanRootlessSlurm(PodmanRootless):
         plan = self._plan(settings, logger, command, limits={})
         jobdir = os.path.join(self.host_dir, "slurm")
         os.makedirs(jobdir, exist_ok=True)
-        base = os.path.join(jobdir, f"try{self.try_counter}")
-        files = {k: f"{base}.{k}" for k in ("json", "result", "started", "claim", "log")}
-        for stale in ("result", "started", "claim"):
-            if os.path.exists(files[stale]):
-                os.unlink(files[stale])
-        node.write_json_atomic(
-            files["json"],
-            {
-                "plan": json.loads(plan.to_json()),
-                "settings": node.settings_to_json(settings),
-                "storage": ss.node_storage,
-                "runtime_dir": ss.node_runtime_dir,
-                "result": files["result"],
-                "started": files["started"],
-                "claim": files["claim"],
-            },
+        files = node.write_job(
+            os.path.join(jobdir, f"try{self.try_counter}"),
+            plan,
+            settings,
+            storage=ss.node_storage,
+            runtime_dir=ss.node_runtime_dir,
         )
         comment = slurm_mod.job_comment(os.getpid(), socket.gethostname(), uuid.uuid4().hex[:12])
         args = slurm_mod.sbatch_args(

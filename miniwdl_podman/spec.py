@@ -1,7 +1,8 @@
 """The ContainerSpec: everything Podman is asked for to run one task attempt.
 
 Pure: built from the task's paths, runtime values and the settings, with no Podman call, so it
-can be unit-tested and reused by every place that runs containers. The engine turns it into one
+can be unit-tested and reused by every place that runs containers. It is in neutral terms
+(``limits``: ``cpu`` CPUs, ``memory_bytes``); :mod:`miniwdl_podman.libpod` writes it as libpod's
 create request.
 """
 
@@ -11,7 +12,7 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 from . import identity as identity_mod
 from .mounts import Mount
@@ -43,32 +44,6 @@ class ContainerSpec:
     security_opt: List[str] = field(default_factory=list)
     limits: Dict[str, int] = field(default_factory=dict)
     devices: List[str] = field(default_factory=list)
-
-    def create_kwargs(self) -> Dict[str, Any]:
-        """The keyword arguments for podman-py's ``containers.create`` (after the image)."""
-        ans: Dict[str, Any] = {
-            "name": self.name,
-            "command": list(self.command),
-            "working_dir": self.working_dir,
-            "mounts": [m.as_podman() for m in self.mounts],
-            "environment": dict(self.environment),
-            "labels": dict(self.labels),
-            "init": self.init,
-        }
-        if self.identity.userns:
-            ans["userns_mode"] = self.identity.userns
-        if self.identity.user:
-            ans["user"] = self.identity.user
-        if self.security_opt:
-            ans["security_opt"] = list(self.security_opt)
-        if self.devices:
-            ans["devices"] = list(self.devices)
-        ans.update(self.limits)
-        if self.network:
-            ans["network_mode"] = self.network
-        if self.privileged:
-            ans["privileged"] = True
-        return ans
 
 
 def container_name(run_id: str, try_counter: int) -> str:

@@ -75,6 +75,7 @@ def host_facts() -> Dict[str, str]:
         "runtime": f"{host['ociRuntime']['name']} {host['ociRuntime'].get('version', '').split()[2] if len(host['ociRuntime'].get('version', '').split()) > 2 else ''}".strip(),  # noqa: E501
         "storage driver": str(store["graphDriverName"]),
         "cgroups": f"{host['cgroupVersion']} ({host.get('cgroupManager', '?')})",
+        "default rootless network": str(host.get("rootlessNetworkCmd") or "slirp4netns"),
         "kernel": platform.release(),
         "cpus": str(os.cpu_count()),
         "python": platform.python_version(),
@@ -189,7 +190,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--floor-n", type=int, default=40, help="containers per floor measurement")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--concurrency", default="1,4,16,64")
-    ap.add_argument("--out", default="docs/benchmarks.md")
+    ap.add_argument("--out", default="", help="write docs/benchmarks.md for this lane alone")
+    ap.add_argument("--json", default="", help="write the measurements as JSON (for combine)")
+    ap.add_argument("--lane", default="host", help="the lane's name, a column of the document")
     args = ap.parse_args(argv)
     subprocess.run(["podman", "pull", "-q", IMAGE], check=True, capture_output=True)
     facts = host_facts()
@@ -205,8 +208,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{label:60} {med:.4f} ± {spread:.4f} {kind}", flush=True)
         return samples
 
-    cli = measure("1. CLI `podman run --rm --network none` (sequential)",
-                  lambda: cli_floor(args.floor_n))  # fmt: skip
+    measure("1. CLI `podman run --rm --network none` (sequential)",
+            lambda: cli_floor(args.floor_n))  # fmt: skip
     measure("2. podman-py create+start+wait(20ms)+remove (sequential)",
             lambda: podmanpy_floor(args.floor_n))  # fmt: skip
     ours: Dict[int, List[float]] = {}
@@ -232,42 +235,85 @@ def main(argv: Optional[List[str]] = None) -> int:
         "MiB",
     )
 
-    cli_med = summarise(cli)[0]
+    result = {"facts": facts, "reps": args.reps, "rows": [list(r) for r in rows]}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    if args.out:
+        write_doc(Path(args.out), [(args.lane, result)])
+    return 0
+
+
+def _cell(samples: List[float], kind: str, cli_med: float, builtin_med: Optional[float]) -> str:
+    med, spread = summarise(samples)
+    notes = []
+    if kind == "s/task":
+        notes.append(f"{med / cli_med:.2f}x row 1")
+    if builtin_med is not None:
+        notes.append(f"{builtin_med / med:.2f}x faster than row 4")
+    return f"{med:.4f} ± {spread:.4f}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def write_doc(out: Path, lanes: List[Tuple[str, Dict[str, object]]]) -> None:
+    """docs/benchmarks.md: one column per Podman lane, the same rows, then the kept analysis."""
+    names = [name for name, _ in lanes]
+    facts = [dict(r["facts"]) for _, r in lanes]  # type: ignore[call-overload]
+    keys = list(facts[0])
     lines = [
         "# Benchmarks",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} by `nox -s bench` (`contrib/bench/bench.py`), as",
-        "an unprivileged user, one run measuring every row side by side: same host, image",
+        "an unprivileged user, on every Podman lane of the test bed (the host's Podman, and the",
+        "newer ones in their debootstrap trees: `contrib/testbed/lane.sh`), one lane after the",
+        "other on the same machine, every row of a lane side by side: same image",
         f"(`{IMAGE}`, busybox + bash), storage and network (`none` for the CLI, podman-py and",
         "podman_rootless rows; the built-in backend has no network option and uses Podman's",
-        f"default). Median ± half the range over {args.reps} repetitions. Scatter rows are",
-        "`miniwdl run` wall time divided by the number of tasks (so they include miniwdl's own",
-        "start-up and per-task work).",
+        "default). Median ± half the range over the repetitions. Scatter rows are `miniwdl run`",
+        "wall time divided by the number of tasks (so they include miniwdl's own start-up and",
+        "per-task work). In brackets: the ratio to the CLI floor (row 1) and, for our rows, how",
+        "much faster than miniwdl's built-in backend (row 4) at the same concurrency.",
         "",
-        "| host | |",
-        "| --- | --- |",
-        *[f"| {k} | {v} |" for k, v in facts.items()],
+        "| lane | " + " | ".join(names) + " |",
+        "| --- |" + " --- |" * len(names),
+        *[f"| {k} | " + " | ".join(str(f.get(k, "")) for f in facts) + " |" for k in keys],
         "",
-        "| row | median | ± | unit | vs row 1 | vs built-in (row 4) |",
-        "| --- | ---: | ---: | --- | ---: | ---: |",
+        "| row | unit | " + " | ".join(names) + " |",
+        "| --- | --- |" + " ---: |" * len(names),
     ]
-    for label, samples, kind in rows:
-        med, spread = summarise(samples)
-        vs_cli = f"{med / cli_med:.2f}x" if kind == "s/task" else ""
-        vs_builtin = ""
-        if label.startswith("3.") and kind == "s/task":
-            c = int(label.rsplit(" ", 1)[1])
-            vs_builtin = f"{summarise(builtin[c])[0] / med:.2f}x faster"
-        lines.append(f"| {label} | {med:.4f} | {spread:.4f} | {kind} | {vs_cli} | {vs_builtin} |")
-    out = Path(args.out)
+    tables = []
+    for _, r in lanes:
+        rows = {str(label): (list(samples), str(kind)) for label, samples, kind in r["rows"]}  # type: ignore[attr-defined]
+        cli_med = summarise(next(iter(rows.values()))[0])[0]
+        tables.append((rows, cli_med))
+    for label, (_, kind) in tables[0][0].items():
+        cells = []
+        for rows, cli_med in tables:
+            if label not in rows:
+                cells.append("")
+                continue
+            builtin_med = None
+            if label.startswith("3.") and kind == "s/task":
+                twin = "4. built-in podman" + label[len("3. podman_rootless") :]
+                if twin in rows:
+                    builtin_med = summarise(rows[twin][0])[0]
+            cells.append(_cell(rows[label][0], kind, cli_med, builtin_med))
+        lines.append(f"| {label} | {kind} | " + " | ".join(cells) + " |")
     existing = out.read_text() if out.exists() else ""
     marker = "\n## Analysis"
     analysis = existing[existing.index(marker) :] if marker in existing else ""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n" + analysis)
     print(f"wrote {out}")
+
+
+def combine(argv: List[str]) -> int:
+    """``bench.py combine OUT.md NAME=RESULT.json ...``: the document from several lanes."""
+    out, pairs = Path(argv[0]), [a.split("=", 1) for a in argv[1:]]
+    write_doc(out, [(name, json.loads(Path(path).read_text())) for name, path in pairs])
     return 0
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["combine"]:
+        sys.exit(combine(sys.argv[2:]))
     sys.exit(main())

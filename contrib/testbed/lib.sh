@@ -11,6 +11,16 @@ TB_NOBODY_IMAGE=localhost/miniwdl-podman/busybox-bash-nobody:2
 tb_log() { printf '[testbed] %s\n' "$*" >&2; }
 tb_die() { printf '[testbed] FAIL: %s\n' "$*" >&2; exit 1; }
 
+# tb_apt_install PKG...: apt-get update and install on the host, one at a time among the test
+# bed's scripts (tree builds may run beside the host's set-up)
+tb_apt_install() {
+    (
+        flock 9
+        apt-get update -q >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q -o DPkg::Lock::Timeout=600 "$@" >/dev/null
+    ) 9>/var/lock/miniwdl-podman-apt
+}
+
 tb_user_facts() {
     TB_UID=$(id -u "$TB_USER")
     TB_HOME=$(getent passwd "$TB_USER" | cut -d: -f6)
@@ -30,4 +40,67 @@ tb_as_user() {
         XDG_RUNTIME_DIR="$TB_RUNTIME" \
         ${CI:+CI="$CI"} \
         "$@"
+}
+
+# -- lanes: the same test bed on a newer Podman, in a debootstrap tree ----------------------------
+TB_MIRROR=${MINIWDL_PODMAN_MIRROR:-http://deb.debian.org/debian}
+TB_LANES_DIR=${MINIWDL_PODMAN_LANES:-/var/cache/miniwdl-podman/lanes}
+
+# tb_lane_facts LANE: what the lane's tree is made of (TB_LANE_SUITE, TB_LANE_FROM, the
+# packages), where it lives (TB_TREE), and its test users' fixed uids (distinct from any host
+# user's, so that the lane's processes can be told apart and stopped)
+tb_lane_facts() {
+    TB_LANE=$1
+    TB_TREE=$TB_LANES_DIR/$1
+    TB_LANE_PKGS=(podman crun uidmap passt fuse-overlayfs catatonit busybox-static python3-venv
+        procps iproute2)
+    case $1 in
+        # Podman 5 still offers slirp4netns (pasta is its default): both are tested there
+        podman5) TB_LANE_SUITE=trixie; TB_LANE_FROM=""; TB_LANE_UID=2501; TB_LANE_PKGS+=(slirp4netns) ;;
+        podman6) TB_LANE_SUITE=sid; TB_LANE_FROM=experimental; TB_LANE_UID=2601 ;;
+        *) tb_die "unknown lane '$1' (podman5 or podman6)" ;;
+    esac
+}
+
+# tb_enter TREE VIEW COMMAND...: run COMMAND as root inside TREE, entered with pivot_root in a
+# private mount namespace (rootless Podman refuses a chroot: the kernel denies unprivileged user
+# namespaces to a chrooted process). VIEW "v2" gives the tree a pure cgroup v2 hierarchy (the
+# host's unified one, bound: never mounted afresh, since cgroup2 mount options apply to the
+# whole hierarchy, the host's too); "host" keeps the host's layout. The repository is bound
+# read-only at /mnt/mwp-src; /tmp and /run are fresh tmpfs; the host's resolver, CA bundle and
+# pip configuration are copied in so that apt and pip reach what the host reaches.
+tb_enter() {
+    local tree=$1 view=$2 repo
+    shift 2
+    repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+    cp -L /etc/resolv.conf "$tree/etc/resolv.conf"
+    cp -L /etc/ssl/certs/ca-certificates.crt "$tree/etc/ssl/certs/ca-certificates.crt"
+    [ ! -f /etc/pip.conf ] || cp /etc/pip.conf "$tree/etc/pip.conf"
+    if [ -d /etc/xdg/pip ]; then rm -rf "$tree/etc/xdg/pip"; mkdir -p "$tree/etc/xdg"; cp -r /etc/xdg/pip "$tree/etc/xdg/pip"; fi
+    unshare -m --propagation private -- bash -euo pipefail -c '
+        t=$1 view=$2 repo=$3; shift 3
+        mount --rbind "$t" "$t"
+        mount --rbind /proc "$t/proc"
+        mount --rbind /dev "$t/dev"
+        mount --rbind /sys "$t/sys"
+        if [ "$view" = v2 ] && [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
+            [ "$(stat -fc %T /sys/fs/cgroup/unified 2>/dev/null)" = cgroup2fs ] \
+                || { echo "[testbed] FAIL: no cgroup2 hierarchy on this host for a v2 view" >&2; exit 1; }
+            umount -R "$t/sys/fs/cgroup"
+            mount --bind /sys/fs/cgroup/unified "$t/sys/fs/cgroup"
+        fi
+        mount -t tmpfs -o mode=1777 tmpfs "$t/tmp"
+        mount -t tmpfs -o mode=755 tmpfs "$t/run"
+        mkdir -p "$t/mnt/mwp-src"
+        mount --bind "$repo" "$t/mnt/mwp-src"
+        mount -o remount,bind,ro "$t/mnt/mwp-src"
+        cd "$t"
+        mkdir -p .oldroot
+        pivot_root . .oldroot
+        cd /
+        umount -l /.oldroot
+        mount --make-rshared /
+        exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+            HOME=/root LANG=C.UTF-8 ${CI:+CI="$CI"} "$@"
+    ' _ "$tree" "$view" "$repo" "$@"
 }

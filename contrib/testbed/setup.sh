@@ -17,19 +17,23 @@ minimal=0
 
 [ "$(id -u)" = 0 ] || tb_die "run as root: it installs packages and creates the test user $TB_USER"
 
-# 1. packages
-pkgs=(podman runc uidmap slirp4netns fuse-overlayfs catatonit busybox-static python3-venv)
-# crun too (runc is the runtime used): doctor's tests configure it to prove the crun diagnosis
-pkgs+=(crun)
-[ $minimal = 1 ] || pkgs+=(docker-registry)
+# 1. packages (a lane's tree has its own list, installed by tree.sh)
+if [ -n "${TB_LANE:-}" ]; then
+    tb_lane_facts "$TB_LANE"
+    pkgs=("${TB_LANE_PKGS[@]}")
+else
+    pkgs=(podman runc uidmap slirp4netns fuse-overlayfs catatonit busybox-static python3-venv)
+    # crun too (runc is the runtime used): doctor's tests configure it to prove the crun diagnosis
+    pkgs+=(crun)
+    [ $minimal = 1 ] || pkgs+=(docker-registry)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     tb_log "installing ${missing[*]}"
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+    tb_apt_install "${missing[@]}"
 fi
 
 # 2. host fixes from the field notes: rootless default networking needs /dev/net/tun
@@ -49,19 +53,24 @@ devices:
 CONF
 
 # 3. the unprivileged user, with a subordinate uid/gid range
-id "$TB_USER" >/dev/null 2>&1 || { tb_log "creating user $TB_USER"; useradd -m -s /bin/bash "$TB_USER"; }
+# (in a lane's tree, fixed uids that no host user has: lane.sh stops their processes by uid)
+id "$TB_USER" >/dev/null 2>&1 || { tb_log "creating user $TB_USER"
+    useradd -m -s /bin/bash ${TB_LANE_UID:+-u "$TB_LANE_UID"} "$TB_USER"; }
 grep -q "^$TB_USER:" /etc/subuid || usermod --add-subuids 300000-365535 "$TB_USER"
 grep -q "^$TB_USER:" /etc/subgid || usermod --add-subgids 300000-365535 "$TB_USER"
 tb_user_facts
 install -d -m 700 -o "$TB_USER" -g "$TB_USER" "$TB_RUNTIME"
 
-# 4. the user's container configuration: runc, cgroupfs (no systemd user session), overlay
+# 4. the user's container configuration: cgroupfs (no systemd user session), overlay; runc on
+#    the host (crun fails on its cgroup v1 hybrid layout), Podman's default (crun) in a lane
 cfg=$TB_HOME/.config/containers
 install -d -o "$TB_USER" -g "$TB_USER" "$TB_HOME/.config" "$cfg" "$cfg/registries.conf.d"
+runtime_line='runtime = "runc"'
+[ -z "${TB_LANE:-}" ] || runtime_line='# runtime: Podman'"'"'s default (crun)'
 cat > "$cfg/containers.conf" <<CONF
 # written by miniwdl_podman contrib/testbed/setup.sh
 [engine]
-runtime = "runc"
+$runtime_line
 cgroup_manager = "cgroupfs"
 events_logger = "file"
 CONF
@@ -97,32 +106,12 @@ tb_as_user "$TB_VENV/bin/python" -m pip install -q --disable-pip-version-check -
 # 6. test images, built locally in the user's store (cached there between runs)
 tb_as_user bash "$TB_SRC/contrib/testbed/make-images.sh"
 
-# 7. the loopback registry for pull tests (plain HTTP on 127.0.0.1 only)
+# 7. the loopback registry for pull tests (plain HTTP on 127.0.0.1 only; one for the host and
+#    every lane: lane.sh starts it on the host), and the images the pull tests pull
 if [ $minimal = 0 ]; then
-    regdir=/var/lib/miniwdl-podman-registry
-    install -d "$regdir"
-    cat > "$regdir/config.yml" <<CONF
-version: 0.1
-log:
-  level: warn
-storage:
-  filesystem:
-    rootdirectory: $regdir/data
-  delete:
-    enabled: true
-http:
-  addr: $TB_REGISTRY
-CONF
-    if ! tb_as_user python3 -c "import urllib.request; urllib.request.urlopen('http://$TB_REGISTRY/v2/', timeout=2)" 2>/dev/null; then
-        tb_log "starting loopback registry on $TB_REGISTRY"
-        setsid docker-registry serve "$regdir/config.yml" >"$regdir/registry.log" 2>&1 </dev/null &
-        for _ in $(seq 50); do
-            tb_as_user python3 -c "import urllib.request; urllib.request.urlopen('http://$TB_REGISTRY/v2/', timeout=2)" 2>/dev/null && break
-            sleep 0.2
-        done
-    fi
+    [ -n "${TB_LANE:-}" ] || bash "$here/registry.sh"
     tb_as_user python3 -c "import urllib.request; urllib.request.urlopen('http://$TB_REGISTRY/v2/', timeout=2)" \
-        || tb_die "loopback registry did not come up on $TB_REGISTRY (see $regdir/registry.log)"
+        || tb_die "the loopback registry does not answer on $TB_REGISTRY (contrib/testbed/registry.sh starts it)"
     tb_as_user podman push -q --tls-verify=false "$TB_BASE_IMAGE" \
         "docker://$TB_REGISTRY/miniwdl-podman-test/pullme:2" >/dev/null
     # for the Slurm tests, whose compute node store (node-local, empty at first) pulls
@@ -134,7 +123,8 @@ fi
 #    single-uid tests; same container configuration, base image only
 if [ $minimal = 0 ]; then
     nosub=$TB_NOSUB_USER
-    id "$nosub" >/dev/null 2>&1 || { tb_log "creating user $nosub (no subuids)"; useradd -m -s /bin/bash "$nosub"; }
+    id "$nosub" >/dev/null 2>&1 || { tb_log "creating user $nosub (no subuids)"
+        useradd -m -s /bin/bash ${TB_LANE_UID:+-u "$((TB_LANE_UID + 1))"} "$nosub"; }
     sed -i "/^$nosub:/d" /etc/subuid /etc/subgid
     nosub_uid=$(id -u "$nosub")
     nosub_home=$(getent passwd "$nosub" | cut -d: -f6)

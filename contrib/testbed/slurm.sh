@@ -14,8 +14,7 @@ for p in slurm-wlm munge sudo; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+    tb_apt_install "${missing[@]}"
 fi
 
 # the node-failure test may take the node down and back up, and the controller tests may stop,

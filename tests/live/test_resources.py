@@ -4,6 +4,7 @@ Dockerfiles, privileged."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -13,7 +14,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from miniwdl_podman import identity, launch, mounts, resources, settings
+from miniwdl_podman import identity, launch, libpod, mounts, podman_facts, resources, settings
 from miniwdl_podman.engine import INLINE_REPO, Engine
 
 from .conftest import BASE_IMAGE, Miniwdl, foreign_owned, podman
@@ -28,9 +29,10 @@ workflow w {
         Int cpu
         String image
         Boolean gpu = false
+        Int seconds = 1
     }
     scatter (i in range(n)) {
-        call timed { input: cpu = cpu, image = image, gpu = gpu }
+        call timed { input: cpu = cpu, image = image, gpu = gpu, seconds = seconds }
     }
     output { Array[String] spans = timed.span }
 }
@@ -39,10 +41,11 @@ task timed {
         Int cpu
         String image
         Boolean gpu
+        Int seconds
     }
     command <<<
         start=${EPOCHREALTIME/./}
-        sleep 1
+        sleep ~{seconds}
         echo "$start ${EPOCHREALTIME/./}"
     >>>
     output { String span = read_string(stdout()) }
@@ -82,9 +85,14 @@ def test_cpu_reservations_cap_concurrency(miniwdl: Miniwdl, cpu: int, expected_p
     assert _max_overlap(res.outputs["w.spans"]) == expected_peak
 
 
-def test_unenforceable_limits_are_reported_once_and_tasks_still_run(miniwdl: Miniwdl) -> None:
-    """On cgroup v1 rootless, cpu/memory limits are not enforced: one warning with why and fix,
-    and the tasks run anyway."""
+def test_unenforceable_limits_are_reported_once_and_tasks_still_run(
+    miniwdl: Miniwdl, rootless_podman: Dict[str, Any]
+) -> None:
+    """Where rootless Podman cannot enforce cpu/memory limits (cgroup v1; cgroup v2 without the
+    controllers delegated): one warning with why and fix, and the tasks run anyway."""
+    enf = resources.enforcement(podman_facts.from_service({}, rootless_podman))
+    if enf.cpu and enf.memory:
+        pytest.fail("this test needs a host where rootless Podman cannot enforce limits")
     res = miniwdl.run(
         TIMED_WDL,
         "n=3",
@@ -95,8 +103,12 @@ def test_unenforceable_limits_are_reported_once_and_tasks_still_run(miniwdl: Min
     assert res.returncode == 0, res.stderr[-3000:]
     log = res.log()
     assert log.count("limits are not enforced on this host") == 1
-    assert "cgroup v1: rootless Podman cannot set resource limits" in log
-    assert "systemd.unified_cgroup_hierarchy=1" in log
+    if rootless_podman["host"]["cgroupVersion"] == "v1":
+        assert "cgroup v1: rootless Podman cannot set resource limits" in log
+        assert "systemd.unified_cgroup_hierarchy=1" in log
+    else:
+        assert "cgroup v2 without the cpu and memory controller delegated" in log
+        assert "Delegate=cpu cpuset io memory pids" in log
 
 
 def test_task_killed_by_sigkill_is_explained_with_memory(miniwdl: Miniwdl) -> None:
@@ -158,12 +170,25 @@ class _Records(logging.Handler):
         self.lines.append(f"{record.levelname} {record.getMessage()}")
 
 
-def test_podman_create_warnings_are_logged(rootless_podman: Dict[str, Any], tmp_path: Path) -> None:
+def test_podman_create_warnings_are_logged(
+    rootless_podman: Dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A warning in Podman's create answer (which podman-py drops) is logged and the task still
-    runs: here a memory limit sent to rootless Podman on this cgroup v1 host."""
-    info = rootless_podman
-    if resources.enforcement(info).memory:
-        pytest.fail("this test needs a host where rootless Podman ignores limits (cgroup v1)")
+    runs: a memory limit sent to rootless Podman on a cgroup v1 host; on cgroup v2, where
+    Podman warns of less, a realtime CPU period added to the request."""
+    v1 = rootless_podman["host"]["cgroupVersion"] == "v1"
+    if v1:
+        expected = "Resource limits are not supported and ignored on cgroups V1 rootless"
+    else:
+        expected = "Realtime period not supported on cgroups V2 systems"
+        create_body = libpod.create_body
+
+        def with_realtime_period(spec: Any) -> Dict[str, Any]:
+            body = create_body(spec)
+            body["resource_limits"] = {"cpu": {"realtimePeriod": 1000}}
+            return body
+
+        monkeypatch.setattr(libpod, "create_body", with_realtime_period)
     logger = logging.getLogger(f"test-create-warning-{uuid.uuid4().hex}")
     records = _Records()
     logger.addHandler(records)
@@ -192,7 +217,7 @@ def test_podman_create_warnings_are_logged(rootless_podman: Dict[str, Any], tmp_
             mounts=mounts.plan(paths, {}),
             image=BASE_IMAGE,
             network="none",
-            limits={"mem_limit": 64 << 20},
+            limits={"memory_bytes": 64 << 20} if v1 else {},
         )
         host = identity.host_ids(engine.info, os.geteuid(), os.getegid())
         outcome = launch.Launcher(engine, st, host).run(plan, logger, lambda: False)
@@ -203,7 +228,7 @@ def test_podman_create_warnings_are_logged(rootless_podman: Dict[str, Any], tmp_
     assert (task_dir / "work" / "out.txt").read_text() == "ran\n"
     warned = [ln for ln in records.lines if ln.startswith("WARNING podman create warning")]
     assert len(warned) == 1, records.lines
-    assert "Resource limits are not supported and ignored on cgroups V1 rootless" in warned[0]
+    assert expected in warned[0]
 
 
 GPU_WDL = """
@@ -307,6 +332,37 @@ def test_docker_network_only_when_allowed(miniwdl: Miniwdl) -> None:
     assert refused.returncode == 0, refused.stderr[-3000:]
     assert refused.outputs["net.ifaces"].split() != ["lo"]
     assert "runtime.docker_network ignored" in refused.log()
+
+
+def test_each_rootless_network_this_podman_has_runs_tasks(
+    miniwdl: Miniwdl, rootless_podman: Dict[str, Any]
+) -> None:
+    """Every rootless network mode this Podman offers (slirp4netns up to 5.x, pasta from 5.0)
+    gives a task an interface beside lo, through runtime.docker_network."""
+    facts = podman_facts.from_service({}, rootless_podman)
+    modes = (["slirp4netns"] if facts.has_slirp4netns else []) + (
+        ["pasta"] if facts.version >= (5, 0, 0) else []
+    )
+    assert modes, facts
+    for mode in modes:
+        res = miniwdl.run(
+            NET_WDL,
+            f"image={BASE_IMAGE}",
+            f"network={mode}",
+            env={"MINIWDL__PODMAN_ROOTLESS__ALLOW_NETWORKS": json.dumps(modes)},
+        )
+        assert res.returncode == 0, (mode, res.stderr[-3000:])
+        assert len(res.outputs["net.ifaces"].split()) > 1, mode
+        assert "runtime.docker_network ignored" not in res.log()
+    if not facts.has_slirp4netns:  # Podman 6: asking for it fails clearly, pointing to pasta
+        res = miniwdl.run(
+            NET_WDL,
+            f"image={BASE_IMAGE}",
+            "network=slirp4netns",
+            env={"MINIWDL__PODMAN_ROOTLESS__ALLOW_NETWORKS": '["slirp4netns"]'},
+        )
+        line = res.clean_failure_line()
+        assert "has no slirp4netns" in line and "network to pasta" in line, line
 
 
 INLINE_WDL = """

@@ -200,7 +200,10 @@ def test_tasks_are_sized_by_the_cluster_not_the_login_node(slurm: SlurmRun) -> N
     """On a 2-CPU login node, four cpu=2 tasks run at once on the 8-CPU Slurm node (the local
     backend would run them one at a time), and a task may ask for more memory than the login
     node has."""
-    res = slurm.run(TIMED_WDL, "n=4", "cpu=2", f"image={PULL_IMAGE}", args=["--verbose"])
+    # 4 s each: job starts (sbatch, slurmd, the helper's service) spread over a second or two
+    res = slurm.run(
+        TIMED_WDL, "n=4", "cpu=2", "seconds=4", f"image={PULL_IMAGE}", args=["--verbose"]
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert _max_overlap(res.outputs["w.spans"]) >= 3
     assert "--cpus-per-task=2" in res.log()

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import pytest
-from podman.domain.containers_create import CreateMixin
 
-from miniwdl_podman import identity, mounts, settings, spec
+from miniwdl_podman import identity, libpod, mounts, settings, spec
 from miniwdl_podman.identity import HostIds, IdentityError, ImageUser
 
 HOST = HostIds(uid=1002, gid=1002, subuids=65536, subgids=65536)
@@ -145,7 +144,7 @@ def _payload(ident: identity.Identity, mode: str = "disable") -> Dict[str, Any]:
         security_opt=sec,
         env={"HOME_NOT": "1"},
     )
-    return dict(CreateMixin._render_payload({"image": "img", **s.create_kwargs()}))
+    return libpod.create_body(s)
 
 
 def test_image_user_payload_has_keep_id_user_home_and_tmpfs() -> None:
@@ -174,7 +173,7 @@ def test_selinux_modes(
 ) -> None:
     """Each selinux value: libpod's 'disable' spelling, z/Z only on owned mounts, inputs never."""
     p = _payload(identity.Identity(userns=""), mode)
-    assert p["selinux_opts"] == selinux_opts
+    assert p.get("selinux_opts") == selinux_opts
     by_dest = {m["destination"]: m["options"] for m in p["mounts"]}
     assert by_dest["/mnt/c/work"] == owned_options
     assert by_dest["/mnt/c/stdout.txt"] == owned_options

@@ -1,12 +1,11 @@
-"""Mount planning and the ContainerSpec, down to the JSON podman-py would send."""
+"""Mount planning and the ContainerSpec, down to the JSON of libpod's create request."""
 
 from __future__ import annotations
 
 import pytest
-from podman.domain.containers_create import CreateMixin
 from WDL import Error
 
-from miniwdl_podman import identity, mounts, settings, spec
+from miniwdl_podman import identity, libpod, mounts, settings, spec
 
 CDIR = "/mnt/miniwdl_task_container"
 PATHS = mounts.TaskPaths(
@@ -67,7 +66,7 @@ def _spec(**overrides: object) -> spec.ContainerSpec:
 
 def test_spec_renders_to_the_payload_libpod_expects() -> None:
     """Mounts carry ["ro"] options, root images keep the default userns, env/labels pass, init."""
-    payload = CreateMixin._render_payload({"image": "sha256:abc", **_spec().create_kwargs()})
+    payload = libpod.create_body(_spec())
     mounts_by_dest = {m["destination"]: m for m in payload["mounts"]}
     assert mounts_by_dest[f"{CDIR}/command"]["options"] == ["ro"]
     assert mounts_by_dest[f"{CDIR}/work"]["options"] == []
@@ -75,7 +74,7 @@ def test_spec_renders_to_the_payload_libpod_expects() -> None:
         "/data/x/a:b,c d.txt"
     )
     assert "userns" not in payload
-    assert payload["user"] is None
+    assert payload.get("user") is None
     assert payload["env"] == {"FOO": "bar baz"}
     assert payload["init"] is True
     assert payload["work_dir"] == f"{CDIR}/work"
@@ -91,7 +90,7 @@ def test_spec_renders_to_the_payload_libpod_expects() -> None:
 
 def test_network_none_sets_netns() -> None:
     """network = none becomes netns {"nsmode": "none"}."""
-    payload = CreateMixin._render_payload({"image": "x", **_spec(network="none").create_kwargs()})
+    payload = libpod.create_body(_spec(network="none"))
     assert payload["netns"] == {"nsmode": "none"}
 
 

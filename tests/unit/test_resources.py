@@ -1,4 +1,4 @@
-"""Hard-limit enforcement, create arguments for limits and GPUs, OOM messages, CDI discovery."""
+"""Hard-limit enforcement, the create request's limits and GPUs, OOM messages, CDI discovery."""
 
 from __future__ import annotations
 
@@ -6,20 +6,20 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from podman.domain.containers_create import CreateMixin
 
-from miniwdl_podman import identity, mounts, resources, settings, spec
+from miniwdl_podman import identity, libpod, mounts, podman_facts, resources, settings, spec
 from miniwdl_podman.errors import ConfigError
 
 
-def _info(version: str, controllers: List[str], rootless: bool = True) -> Dict[str, Any]:
-    return {
+def _info(version: str, controllers: List[str], rootless: bool = True) -> Any:
+    info: Dict[str, Any] = {
         "host": {
             "cgroupVersion": version,
             "cgroupControllers": controllers,
             "security": {"rootless": rootless},
         }
     }
+    return podman_facts.from_service({"Version": "5.4.2"}, info)
 
 
 def test_cgroup_v1_rootless_enforces_nothing_and_says_how_to_fix() -> None:
@@ -28,19 +28,15 @@ def test_cgroup_v1_rootless_enforces_nothing_and_says_how_to_fix() -> None:
     assert (enf.cpu, enf.memory) == (False, False)
     assert "cgroup v1" in enf.why_not
     assert "systemd.unified_cgroup_hierarchy=1" in enf.fix
-    assert resources.limit_kwargs(enf, 4, 1 << 30) == {}
+    assert resources.hard_limits(enf, 4, 1 << 30) == {}
 
 
 def test_cgroup_v2_with_delegated_controllers_enforces_both() -> None:
-    """cpu and memory delegated: quota = cpu x period, memory limit as given."""
+    """cpu and memory delegated: both limits asked for, as given."""
     enf = resources.enforcement(_info("v2", ["cpuset", "cpu", "io", "memory", "pids"]))
     assert (enf.cpu, enf.memory) == (True, True)
-    assert resources.limit_kwargs(enf, 3, 2 << 30) == {
-        "cpu_period": 100_000,
-        "cpu_quota": 300_000,
-        "mem_limit": 2 << 30,
-    }
-    assert resources.limit_kwargs(enf, 0, 0) == {}
+    assert resources.hard_limits(enf, 3, 2 << 30) == {"cpu": 3, "memory_bytes": 2 << 30}
+    assert resources.hard_limits(enf, 0, 0) == {}
 
 
 def test_cgroup_v2_without_cpu_controller_asks_only_for_memory() -> None:
@@ -49,7 +45,7 @@ def test_cgroup_v2_without_cpu_controller_asks_only_for_memory() -> None:
     assert (enf.cpu, enf.memory) == (False, True)
     assert "cpu controller" in enf.why_not
     assert "Delegate=" in enf.fix
-    assert resources.limit_kwargs(enf, 2, 100) == {"mem_limit": 100}
+    assert resources.hard_limits(enf, 2, 100) == {"memory_bytes": 100}
 
 
 def test_limits_render_to_libpod_resource_limits() -> None:
@@ -64,11 +60,11 @@ def test_limits_render_to_libpod_resource_limits() -> None:
         container_dir="/c",
         mounts=mounts.plan(paths, {}),
         identity=identity.Identity(userns=""),
-        limits={"cpu_period": 100_000, "cpu_quota": 200_000, "mem_limit": 1 << 30},
+        limits={"cpu": 2, "memory_bytes": 1 << 30},
         devices=["nvidia.com/gpu=all"],
         network="none",
     )
-    p = CreateMixin._render_payload({"image": "img", **s.create_kwargs()})
+    p = libpod.create_body(s)
     assert p["resource_limits"]["cpu"]["quota"] == 200_000
     assert p["resource_limits"]["cpu"]["period"] == 100_000
     assert p["resource_limits"]["memory"]["limit"] == 1 << 30
