@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import ConfigError
 from .host import pid_alive
@@ -69,6 +69,16 @@ def locked(path: str) -> Iterator[None]:
 def live_entries(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Ledger entries whose process still runs."""
     return [e for e in entries if isinstance(e.get("pid"), int) and pid_alive(e["pid"])]
+
+
+def scheduler(
+    cpu: int, mem_bytes: int, gpu_slots: int, coordination_dir: Optional[str]
+) -> Scheduler:
+    """The run's scheduler: shared with the user's other runs through the ledger in
+    ``coordination_dir``, or this process's alone when there is none (``coordinate = false``)."""
+    if coordination_dir:
+        return SharedScheduler(cpu, mem_bytes, coordination_dir, gpu_slots)
+    return Scheduler(cpu, mem_bytes, gpu_slots)
 
 
 class SharedScheduler(Scheduler):

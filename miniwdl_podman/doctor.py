@@ -11,8 +11,9 @@ can fix without root, backing up every file it changes (``FILE.bak-<time>``):
   miniwdl config
 - containers left by dead miniwdl runs → removed
 
-The checks go through the same code as the backend (settings, service, engine), so "PASS"
-means what a ``miniwdl run`` will meet.
+The checks go through the same code as the backend (settings, the runtime assembly, the task
+plan and the launcher: the test container is a task's), so "PASS" means what a ``miniwdl run``
+will meet.
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from typing import Any, Callable, Dict, List, Optional
 from WDL.runtime import config as wdl_config
 
 from . import budget, host, identity, mounts, resources, service
+from . import plan as plan_mod
 from . import settings as settings_mod
-from . import spec as spec_mod
 from .engine import Engine, ImageRef
 from .errors import PodmanError, hint_for
+from .runtime import Runtime, open_runtime
 from .settings import SECTION
 
 if sys.version_info >= (3, 11):
@@ -163,7 +165,7 @@ class Doctor:
         self.cfg = wdl_config.Loader(self.logger)
         self.cfg_path: Optional[str] = getattr(self.cfg, "cfg_filename", None)
         self.settings: Optional[settings_mod.Settings] = None
-        self.engine: Optional[Engine] = None
+        self.runtime: Optional[Runtime] = None
 
     # each check appends to self.checks
     def run(self) -> List[Check]:
@@ -187,10 +189,14 @@ class Doctor:
             for step in steps:
                 step()
         finally:
-            if self.engine is not None:
-                self.engine.close()
-                self.engine = None
+            if self.runtime is not None:
+                self.runtime.close(self.logger)
+                self.runtime = None
         return self.checks
+
+    @property
+    def engine(self) -> Optional[Engine]:
+        return self.runtime.engine if self.runtime is not None else None
 
     def add(self, *args: Any, **kwargs: Any) -> Check:
         check = Check(*args, **kwargs)
@@ -295,16 +301,15 @@ class Doctor:
         if self.settings is None:
             self.add("api service", INFO, "not checked: the configuration is invalid")
             return
-        engine = Engine(self.settings)
         try:
-            engine.connect(self.logger)
+            # leftovers are reported (and removed by --fix), not reaped by a check
+            self.runtime = open_runtime(self.settings, self.logger, reap=False)
         except PodmanError as exn:
-            engine.close()
             self.add("api service", FAIL, str(exn), hint_for(str(exn)))
             return
-        self.engine = engine
-        version = engine.version.get("Version", "?")
-        self.add("api service", PASS, f"{engine.source}: {engine.url} (Podman {version})")
+        engine = self.runtime.engine
+        self.add("api service", PASS, f"{engine.source}: {engine.url} (Podman"
+                 f" {engine.facts.version_text or '?'})")  # fmt: skip
 
     def _info(self) -> Optional[Dict[str, Any]]:
         return self.engine.info if self.engine is not None else None
@@ -456,34 +461,26 @@ class Doctor:
                 "run `miniwdl-podman doctor --image IMAGE` (it is pulled if needed)",
             )
             return
+        assert self.runtime is not None
         networks = ["none"] + ([self.settings.network] if self.settings.network != "none" else [])
         with tempfile.TemporaryDirectory(prefix="miniwdl-podman-doctor-") as tmp:
             for network in networks:
-                spec = spec_mod.ContainerSpec(
-                    name=f"miniwdl-doctor-{os.getpid()}-{network or 'default'}",
-                    image=image.id,
-                    command=["/bin/sh", "-c", "true"],
-                    working_dir="/",
-                    mounts=[],
-                    # as container root (you): this tests Podman, not the image's USER
-                    identity=identity.Identity(userns="", user="0:0"),
-                    labels=spec_mod.labels("doctor", tmp),
-                    network=network,
-                )
                 label = f"test container (network {network or 'default'})"
+                task_plan = _test_task(tmp, network or "default", image.id, self.settings, network)
                 try:
-                    code = self.engine.run(
-                        spec, self.logger, lambda: False, lambda: None, lambda _cid: None
-                    ).code
+                    outcome = self.runtime.launcher.run(task_plan, self.logger, lambda: False)
+                    self.runtime.launcher.settle_ownership(task_plan.writable, self.logger)
                 except PodmanError as exn:
                     action = "network" if network == "" and not host.tun_usable() else None
                     self.add(label, FAIL, str(exn), hint_for(str(exn)), action=action)
                     continue
+                code = outcome.exit.code
                 if code == 0:
-                    self.add(label, PASS, f"`true` ran in image {image.id[:12]}")
+                    self.add(label, PASS, f"a task running `true` ran in image {image.id[:12]}")
                 else:
-                    self.add(label, FAIL, f"`/bin/sh -c true` exited {code} in {image.id[:12]}",
-                             "the image may lack /bin/sh: pass --image")  # fmt: skip
+                    self.add(label, FAIL, f"a task running `true` exited {code} in image"
+                             f" {image.id[:12]}", "the image may lack /bin/sh or the command"
+                             f" shell ({self.settings.command_shell}): pass --image")  # fmt: skip
 
     def check_leftovers(self) -> None:
         if self.engine is None:
@@ -530,14 +527,44 @@ class Doctor:
             )
             done.append(update_miniwdl_cfg(path, SECTION, "network", "none"))
         if "leftovers" in actions and self.settings is not None:
-            engine = Engine(self.settings)
+            runtime = open_runtime(self.settings, self.logger, reap=False)
             try:
-                engine.connect(self.logger)
-                n = engine.reap_dead_runs(self.logger)
+                n = runtime.engine.reap_dead_runs(self.logger)
                 done.append(f"removed {n} containers left by dead runs")
             finally:
-                engine.close()
+                runtime.close(self.logger)
         return done
+
+
+def _test_task(
+    tmp: str, name: str, image: str, settings: settings_mod.Settings, network: str
+) -> plan_mod.TaskPlan:
+    """A task running ``true`` in ``image``, laid out and planned as a real task is."""
+    task_dir = os.path.join(tmp, name)
+    os.makedirs(os.path.join(task_dir, "work"))
+    for name_, text in (("stdout.txt", ""), ("stderr.txt", ""), ("command", "true\n")):
+        with open(os.path.join(task_dir, name_), "w") as out:
+            out.write(text)
+    paths = mounts.TaskPaths(
+        container_dir="/mnt/miniwdl_task_container",
+        host_work_dir=os.path.join(task_dir, "work"),
+        host_stdout=os.path.join(task_dir, "stdout.txt"),
+        host_stderr=os.path.join(task_dir, "stderr.txt"),
+        host_command=os.path.join(task_dir, "command"),
+    )
+    return plan_mod.task_plan(
+        run_id=f"doctor-{name}",
+        task_dir=task_dir,
+        try_counter=1,
+        paths=paths,
+        input_path_map={},
+        bind_inputs=True,
+        runtime_values={"docker": image},
+        default_image=image,
+        settings=settings,
+        network=network,
+        limits={},
+    )
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:

@@ -31,7 +31,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 
 import requests
 from podman import PodmanClient
@@ -40,9 +40,9 @@ from podman.errors import PodmanError as PodmanException
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime.error import Terminated
 
-from . import budget, libpod, podman_facts
 from . import host as host_mod
 from . import images as images_mod
+from . import libpod, podman_facts
 from . import service as service_mod
 from ._logging import notice
 from ._once import Once
@@ -197,10 +197,14 @@ class Engine:
     """A connection to one Podman API service, shared by all of a process's tasks."""
 
     def __init__(
-        self, settings: Settings, pool_size: int = 32, coordination_dir: Optional[str] = None
+        self,
+        settings: Settings,
+        pool_size: int = 32,
+        image_lock: Callable[[str], ContextManager[object]] = lambda _: contextlib.nullcontext(),
     ) -> None:
         self.settings = settings
-        self.coordination_dir = coordination_dir
+        # held around a pull: the caller's cross-process lock (one pull of an image per user)
+        self.image_lock = image_lock
         self.pool_size = max(16, pool_size)
         self.url = ""
         self.source = ""
@@ -475,12 +479,7 @@ class Engine:
                         f" [{SECTION}] pull = never; `podman pull {image}` first, or set"
                         f" [{SECTION}] pull = missing",
                     )
-            lock = (
-                budget.image_lock(self.coordination_dir, image)
-                if self.coordination_dir
-                else contextlib.nullcontext()
-            )
-            with lock:
+            with self.image_lock(image):
                 # another of this user's processes may have pulled it while we waited
                 if policy != "always":
                     local = self.local_image(image, logger)

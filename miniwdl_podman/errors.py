@@ -8,7 +8,7 @@ ever reaches miniwdl, and miniwdl prints one line instead of a traceback.
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Tuple
 
 from WDL import Error
 from WDL.runtime.error import DownloadFailed, Interrupted
@@ -68,7 +68,11 @@ _HINTS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
         " (kernel argument systemd.unified_cgroup_hierarchy=1), or use Podman 5.x or 4.x here",
     ),
     (
-        ('slirp4netns" support has been removed', "slirp4netns support has been removed"),
+        (
+            'invalid network "slirp4netns"',
+            "slirp4netns support has been removed",
+            "support has been removed, use --network=pasta",
+        ),
         "this Podman (6.0 or newer) has no slirp4netns: set [podman_rootless] network to pasta"
         " (or leave it empty for Podman's default), and drop slirp4netns from allow_networks",
     ),
@@ -109,3 +113,26 @@ def hint_for(message: str, graph_root: str = "") -> str:
                 "{graph_root}", graph_root or "`podman info --format {{.Store.GraphRoot}}`"
             )
     return GENERIC_HINT
+
+
+def explain_task_failure(
+    stderr_tail: str, disk_full: bool, selinux_enforcing: bool, selinux: str
+) -> List[str]:
+    """Explanations of a failed task's well-known causes, from the tail of its stderr and the
+    state of its disk: a full disk (the task's own "No space left on device" may not even fit
+    in stderr.txt there), and SELinux denials of confined containers on an enforcing host."""
+    tail = stderr_tail.lower()
+    ans = []
+    if disk_full or "no space left on device" in tail:
+        ans.append(
+            "the task ran out of disk space ('No space left on device'): free space where the"
+            " run directory is, or run it elsewhere (miniwdl run --dir)"
+        )
+    if selinux_enforcing and selinux != "disable" and "permission denied" in tail:
+        ans.append(
+            "the task hit 'Permission denied' on an SELinux-enforcing host with confined"
+            " containers; inputs are never relabelled, so set [podman_rootless] selinux ="
+            " disable (env MINIWDL__PODMAN_ROOTLESS__SELINUX=disable), or label the inputs for"
+            " containers (chcon -t container_file_t ...)"
+        )
+    return ans

@@ -2,21 +2,20 @@
 
 The local backend calls :class:`Launcher` in miniwdl's own process; the Slurm backend's node
 helper (:mod:`~miniwdl_podman.node`) calls it on the compute node with the same
-:class:`TaskPlan`, read back from JSON. Either way it resolves the image (pull, or build an
-inline Dockerfile) and the task's identity for that image (once per image per process), checks
-the GPU devices, builds the :class:`~miniwdl_podman.spec.ContainerSpec`, runs it through the
-:class:`~miniwdl_podman.engine.Engine` while sampling its usage, and afterwards gives back files
-the task left owned by other uids. The plan holds everything decided before the image is known;
-it is pure data, so what runs on a compute node is exactly what would have run locally.
+:class:`~miniwdl_podman.plan.TaskPlan`, read back from JSON. Either way it resolves the image
+(pull, or build an inline Dockerfile) and the task's identity for that image (once per image per
+process), checks the GPU devices, builds the :class:`~miniwdl_podman.spec.ContainerSpec`, runs
+it through the :class:`~miniwdl_podman.engine.Engine` while sampling its usage, and afterwards
+gives back files the task left owned by other uids. What it decides is decided from the plan
+and the image alone, so what runs on a compute node is exactly what would have run locally.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from WDL._util import StructuredLogMessage as _
@@ -28,44 +27,8 @@ from ._once import Once
 from .engine import Engine, Exit, ImageRef
 from .errors import ContainerFailed, PodmanError
 from .mounts import Mount
+from .plan import TaskPlan
 from .settings import Settings
-
-
-@dataclass(frozen=True)
-class TaskPlan:
-    """What one task attempt's container needs, decided before its image is resolved."""
-
-    run_id: str
-    task_dir: str
-    try_counter: int
-    container_dir: str
-    mounts: List[Mount]
-    image: str = ""  # an image name, unless inline_dockerfile is set
-    inline_dockerfile: str = ""
-    env: Dict[str, str] = field(default_factory=dict)
-    privileged: bool = False
-    network: str = ""
-    security_opt: List[str] = field(default_factory=list)
-    limits: Dict[str, int] = field(default_factory=dict)
-    gpu: bool = False
-    # host paths the task may write, scanned afterwards for files owned by other uids
-    writable: List[str] = field(default_factory=list)
-
-    @property
-    def image_label(self) -> str:
-        """The image as the user wrote it, for messages."""
-        return "runtime.inlineDockerfile" if self.inline_dockerfile else self.image
-
-    def to_json(self) -> str:
-        """The plan as JSON (what the Slurm backend hands to the compute node)."""
-        return json.dumps(asdict(self), indent=1)
-
-    @staticmethod
-    def from_json(text: str) -> TaskPlan:
-        """The plan back from :meth:`to_json`."""
-        raw: Dict[str, Any] = json.loads(text)
-        raw["mounts"] = [Mount(**m) for m in raw["mounts"]]
-        return TaskPlan(**raw)
 
 
 @dataclass(frozen=True)

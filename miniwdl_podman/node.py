@@ -5,7 +5,7 @@ attempt (:func:`claim`): a second job for the same attempt exits without running
 it starts a private Podman API service of its own inside the job (so the container's conmon and
 processes stay in the job's cgroup, where Slurm accounts for them, enforces the job's memory
 and kills them with the job), on node-local storage; then it runs the task's
-:class:`~miniwdl_podman.launch.TaskPlan` through the same
+:class:`~miniwdl_podman.plan.TaskPlan` through the same
 :class:`~miniwdl_podman.launch.Launcher` as the local backend, gives back files owned by other
 uids, and writes a result file next to the plan for the login side. On SIGTERM (scancel, the
 time limit) it kills and removes the container and reports that.
@@ -28,8 +28,8 @@ from typing import Any, Dict, List, Optional
 
 from WDL.runtime.error import Interrupted, Terminated
 
-from . import budget, identity, launch
-from .engine import Engine
+from .plan import TaskPlan
+from .runtime import Runtime, open_runtime
 from .settings import Settings
 
 RESULT_VERSION = 1
@@ -78,7 +78,7 @@ def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
 
 
 def write_job(
-    base: str, plan: launch.TaskPlan, settings: Settings, storage: str = "", runtime_dir: str = ""
+    base: str, plan: TaskPlan, settings: Settings, storage: str = "", runtime_dir: str = ""
 ) -> Dict[str, str]:
     """Write the job file that ``node-run`` reads (``BASE.json``) for one task attempt, and
     clear what an earlier job of that attempt left; the paths of the attempt's files by kind
@@ -175,25 +175,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     result: Dict[str, Any] = {"version": RESULT_VERSION, "node": node}
-    engine: Optional[Engine] = None
+    runtime: Optional[Runtime] = None
     code = 1
     try:
-        plan = launch.TaskPlan.from_json(json.dumps(job["plan"]))
+        plan = TaskPlan.from_json(json.dumps(job["plan"]))
         settings = settings_from_json(job["settings"])
         storage = os.path.expandvars(job.get("storage", ""))
         settings = node_settings(settings, storage, os.path.expandvars(job.get("runtime_dir", "")))
         if storage:
             os.makedirs(storage, mode=0o700, exist_ok=True)
-        coordination_dir = None
-        if settings.coordinate:  # one pull/build per image among the user's jobs on this node
-            coordination_dir = budget.ensure_private_dir(
-                settings.coordination_dir or budget.default_dir(os.geteuid())
-            )
-        engine = Engine(settings, pool_size=8, coordination_dir=coordination_dir)
-        engine.connect(logger)
-        engine.reap_dead_runs(logger)
-        host = identity.host_ids(engine.info, os.geteuid(), os.getegid())
-        launcher = launch.Launcher(engine, settings, host)
+        # coordination: one pull/build per image among the user's jobs on this node
+        runtime = open_runtime(settings, logger, pool_size=8)
+        launcher = runtime.launcher
 
         def running() -> None:
             with open(job["started"], "w") as out:
@@ -221,8 +214,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         )
         code = 1
     finally:
-        if engine is not None:
-            engine.remove_leftovers(logger)
-            engine.close()
+        if runtime is not None:
+            runtime.close(logger)
     write_json_atomic(result_path, result)
     return code

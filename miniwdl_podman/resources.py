@@ -6,7 +6,7 @@ scheduler then reserves each running task's cpu and memory (and a GPU slot for a
 come from the host's CPUs and memory, reduced to the CPU affinity, cgroup CPU quota and cgroup
 memory limit this process is confined to when those are smaller. The rest is pure: which hard
 limits this host's rootless Podman can enforce (from its
-:class:`~miniwdl_podman.podman_facts.PodmanFacts`), the limits to ask for, the message for a
+:class:`~miniwdl_podman.podman_facts.PodmanFacts`), the message for a
 task killed for memory, and which CDI device kinds the host's spec files declare.
 """
 
@@ -203,18 +203,6 @@ def enforcement(facts: PodmanFacts) -> Enforcement:
         why_not=f"cgroup v2 without the {' and '.join(missing)} controller delegated to your user",
         fix=CGROUP_V2_DELEGATION_FIX,
     )
-
-
-def hard_limits(enf: Enforcement, cpu: int, memory_limit: int) -> Dict[str, int]:
-    """The task's hard limits that this host can enforce, in neutral terms (``cpu``: CPUs,
-    ``memory_bytes``); none it cannot: asking for an undelegated controller makes Podman fail
-    the container instead of ignoring it."""
-    ans: Dict[str, int] = {}
-    if enf.cpu and cpu > 0:
-        ans["cpu"] = cpu
-    if enf.memory and memory_limit > 0:
-        ans["memory_bytes"] = memory_limit
-    return ans
 
 
 def _size(n: int) -> str:

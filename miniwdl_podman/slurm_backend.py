@@ -1,9 +1,10 @@
 """The ``podman_rootless_slurm`` container backend: each task's rootless Podman container runs
 on a Slurm compute node; miniwdl stays on the login node.
 
-Orchestration only. The task is planned exactly as the local backend plans it
-(:meth:`PodmanRootless._plan`: command script, mount points, mounts, network, SELinux), the plan
-is written as JSON beside the task, and one ``sbatch`` job per attempt runs the node helper
+Orchestration only, over :class:`~miniwdl_podman.base.PodmanTaskContainer` (the local
+backend's sibling). The task is planned exactly as the local backend plans it (the base's
+``_plan``: command script, mount points, mounts, network, SELinux), the plan is written as JSON
+beside the task, and one ``sbatch`` job per attempt runs the node helper
 (:mod:`~miniwdl_podman.node`), which resolves image and identity and runs the container with the
 same :class:`~miniwdl_podman.launch.Launcher`. This side waits for the helper's result file,
 watches the job through :class:`~miniwdl_podman.slurm.JobWatcher`, cancels the job when the run
@@ -33,17 +34,18 @@ from . import __version__, errors, launch, node
 from . import settings as settings_mod
 from . import slurm as slurm_mod
 from ._logging import notice
-from .backend import PodmanRootless
+from .base import PodmanTaskContainer
 from .engine import Exit
 from .errors import ContainerFailed, PodmanError
 from .identity import IdentityError
+from .plan import TaskPlan
 
 # how long a finished job's result file may take to show on the login node (NFS caching)
 _RESULT_GRACE = 60.0
 _WATCH_PERIOD = 5.0
 
 
-class PodmanRootlessSlurm(PodmanRootless):
+class PodmanRootlessSlurm(PodmanTaskContainer):
     """Run each WDL task in rootless Podman inside its own Slurm job."""
 
     _slurm: ClassVar[Optional[slurm_mod.Slurm]] = None
@@ -52,20 +54,14 @@ class PodmanRootlessSlurm(PodmanRootless):
     _slurm_limits: ClassVar[Dict[str, int]] = {}
     _live_jobs: ClassVar[Set[str]] = set()
     _jobs_lock: ClassVar[threading.Lock] = threading.Lock()
-    _init_error: ClassVar[Optional[PodmanError]] = None
 
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
-        if cls._init_error is not None:
-            raise cls._init_error
-        try:
-            settings = settings_mod.load(cfg)
+        super().global_init(cfg, logger)
+        with cls._remembering_init_error():
             slurm_settings = settings_mod.load_slurm(cfg)
             slurm = slurm_mod.Slurm(slurm_settings)
-        except PodmanError as exn:
-            cls._init_error = exn
-            raise
-        cls._settings, cls._slurm_settings, cls._slurm = settings, slurm_settings, slurm
+        cls._slurm_settings, cls._slurm = slurm_settings, slurm
         limits = slurm.limits(logger)
         if limits is None:
             logger.warning(
@@ -123,14 +119,14 @@ class PodmanRootlessSlurm(PodmanRootless):
 
     def _run(self, logger: logging.Logger, terminating: Any, command: str) -> int:
         slurm, watcher = self._slurm, self._watcher
-        settings, ss = self._settings, self._slurm_settings
-        if slurm is None or watcher is None or settings is None or ss is None:
+        settings, ss = self.settings(), self._slurm_settings
+        if slurm is None or watcher is None or ss is None:
             raise PodmanError("podman_rootless_slurm backend used before global_init")
         cpu = int(self.runtime_values.get("cpu", 0))
         mem = int(self.runtime_values.get("memory_reservation", 0))
         minutes = int(self.runtime_values.get("time_minutes", 0)) or ss.time_minutes
         # Slurm enforces cpu/memory on the job; Podman is asked for no limits of its own
-        plan = self._plan(settings, logger, command, limits={})
+        plan = self._plan(logger, command, limits={})
         jobdir = os.path.join(self.host_dir, "slurm")
         os.makedirs(jobdir, exist_ok=True)
         files = node.write_job(
@@ -257,7 +253,7 @@ class PodmanRootlessSlurm(PodmanRootless):
         job_id: str,
         state: str,
         files: Dict[str, str],
-        plan: launch.TaskPlan,
+        plan: TaskPlan,
         mem: int,
         minutes: int,
     ) -> int:
@@ -322,7 +318,7 @@ class PodmanRootlessSlurm(PodmanRootless):
         return code
 
     @staticmethod
-    def _node_error(result: Dict[str, Any], job_id: str, plan: launch.TaskPlan) -> Exception:
+    def _node_error(result: Dict[str, Any], job_id: str, plan: TaskPlan) -> Exception:
         """The node helper's error, as the same kind of error here."""
         message = f"{result.get('message')} (on {result.get('node')}, Slurm job {job_id})"
         kind = str(result.get("error"))

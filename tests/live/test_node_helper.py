@@ -16,7 +16,8 @@ from typing import Any, Dict, Tuple
 
 import pytest
 
-from miniwdl_podman import launch, mounts, node
+from miniwdl_podman import mounts, node
+from miniwdl_podman import plan as plan_mod
 from miniwdl_podman.settings import Settings
 
 from .conftest import PULL_IMAGE, containers_under, foreign_owned
@@ -39,7 +40,7 @@ def _job(tmp_path: Path, short_dir: Path, image: str, command: str) -> Tuple[Dic
     cdir = "/mnt/miniwdl_task_container"
     paths = mounts.TaskPaths(cdir, str(work), str(task / "stdout.txt"),
                              str(task / "stderr.txt"), str(task / "command"))  # fmt: skip
-    plan = launch.TaskPlan(
+    plan = plan_mod.TaskPlan(
         run_id="node-test",
         task_dir=str(task),
         try_counter=1,

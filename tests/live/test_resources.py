@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from miniwdl_podman import identity, launch, libpod, mounts, podman_facts, resources, settings
+from miniwdl_podman import plan as plan_mod
 from miniwdl_podman.engine import INLINE_REPO, Engine
 
 from .conftest import BASE_IMAGE, Miniwdl, foreign_owned, podman
@@ -209,7 +210,7 @@ def test_podman_create_warnings_are_logged(
         for name in ("stdout.txt", "stderr.txt"):
             (task_dir / name).touch()
         (task_dir / "command").write_text("echo ran > out.txt\n")
-        plan = launch.TaskPlan(
+        plan = plan_mod.TaskPlan(
             run_id="create-warning",
             task_dir=str(task_dir),
             try_counter=1,

@@ -30,3 +30,13 @@ def test_known_failures_get_their_fix(message: str, needle: str) -> None:
 def test_unknown_failure_gets_generic_advice() -> None:
     """An unknown message gets the generic advice, never an empty hint."""
     assert hint_for("something new went wrong") == GENERIC_HINT
+
+
+def test_podman6_network_and_cgroup_refusals_name_the_fix() -> None:
+    """Podman 6's answers to slirp4netns and to a cgroup v1 host point at pasta and cgroup v2,
+    never back at slirp4netns or /dev/net/tun."""
+    for message in ('invalid config provided: invalid network "slirp4netns"',
+                    '"slirp4netns" support has been removed, use --network=pasta'):  # fmt: skip
+        hint = hint_for(message)
+        assert "network to pasta" in hint and "/dev/net/tun" not in hint
+    assert "cgroup v2" in hint_for('level=fatal msg="Cgroups v1 not supported"')

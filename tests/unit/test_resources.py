@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from miniwdl_podman import identity, libpod, mounts, podman_facts, resources, settings, spec
+from miniwdl_podman import identity, libpod, mounts, plan, podman_facts, resources, settings, spec
 from miniwdl_podman.errors import ConfigError
 
 
@@ -28,15 +28,15 @@ def test_cgroup_v1_rootless_enforces_nothing_and_says_how_to_fix() -> None:
     assert (enf.cpu, enf.memory) == (False, False)
     assert "cgroup v1" in enf.why_not
     assert "systemd.unified_cgroup_hierarchy=1" in enf.fix
-    assert resources.hard_limits(enf, 4, 1 << 30) == {}
+    assert plan.hard_limits(enf, 4, 1 << 30) == ({}, ["cpu", "memory"])
 
 
 def test_cgroup_v2_with_delegated_controllers_enforces_both() -> None:
     """cpu and memory delegated: both limits asked for, as given."""
     enf = resources.enforcement(_info("v2", ["cpuset", "cpu", "io", "memory", "pids"]))
     assert (enf.cpu, enf.memory) == (True, True)
-    assert resources.hard_limits(enf, 3, 2 << 30) == {"cpu": 3, "memory_bytes": 2 << 30}
-    assert resources.hard_limits(enf, 0, 0) == {}
+    assert plan.hard_limits(enf, 3, 2 << 30) == ({"cpu": 3, "memory_bytes": 2 << 30}, [])
+    assert plan.hard_limits(enf, 0, 0) == ({}, [])
 
 
 def test_cgroup_v2_without_cpu_controller_asks_only_for_memory() -> None:
@@ -45,7 +45,7 @@ def test_cgroup_v2_without_cpu_controller_asks_only_for_memory() -> None:
     assert (enf.cpu, enf.memory) == (False, True)
     assert "cpu controller" in enf.why_not
     assert "Delegate=" in enf.fix
-    assert resources.hard_limits(enf, 2, 100) == {"memory_bytes": 100}
+    assert plan.hard_limits(enf, 2, 100) == ({"memory_bytes": 100}, ["cpu"])
 
 
 def test_limits_render_to_libpod_resource_limits() -> None:

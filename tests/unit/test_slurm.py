@@ -7,7 +7,8 @@ import pytest
 from WDL import Error
 from WDL.runtime.error import Interrupted
 
-from miniwdl_podman import errors, launch, node, settings, slurm
+from miniwdl_podman import errors, node, settings, slurm
+from miniwdl_podman import plan as plan_mod
 from miniwdl_podman.mounts import Mount
 from miniwdl_podman.slurm_backend import PodmanRootlessSlurm
 
@@ -197,12 +198,12 @@ def test_cluster_limits_from_sinfo() -> None:
 def test_plan_and_settings_travel_to_the_node_unchanged() -> None:
     """TaskPlan and Settings survive JSON; the node always gets a private service in the job,
     cgroupfs, and the node-local store."""
-    plan = launch.TaskPlan(
+    plan = plan_mod.TaskPlan(
         run_id="r", task_dir="/t", try_counter=2, container_dir="/mnt/c",
         mounts=[Mount("/in", "/mnt/c/in", True), Mount("/t/work", "/mnt/c/work", False, "z")],
         image="img", env={"A": "1"}, limits={}, gpu=True, writable=["/t/work"],
     )  # fmt: skip
-    assert launch.TaskPlan.from_json(plan.to_json()) == plan
+    assert plan_mod.TaskPlan.from_json(plan.to_json()) == plan
     s = settings.from_mapping({"service": "external", "socket": "/run/x.sock",
                                "service_args": '["--log-level=info"]'})  # fmt: skip
     assert node.settings_from_json(node.settings_to_json(s)) == s
@@ -216,7 +217,7 @@ def test_plan_and_settings_travel_to_the_node_unchanged() -> None:
 
 def test_node_errors_come_back_as_the_same_kind() -> None:
     """The node helper's error is raised on the login side as the same class, job named."""
-    plan = launch.TaskPlan(run_id="r", task_dir="/t", try_counter=1, container_dir="/c",
+    plan = plan_mod.TaskPlan(run_id="r", task_dir="/t", try_counter=1, container_dir="/c",
                            mounts=[], image="img")  # fmt: skip
 
     def back(kind: str, interrupted: bool = False) -> Exception:

@@ -59,8 +59,9 @@ def test_sample_tree_sees_a_live_child_and_its_memory() -> None:
     """A real child process that allocates 64 MiB and spins is found under its parent with
     at least that peak and some CPU time."""
     code = (
-        "import time\nb = bytearray(64 * 2**20)\nt = time.time()\n"
-        "while time.time() - t < 0.5: pass\nprint('ok', flush=True)\ntime.sleep(30)"
+        # spins for 0.5 s of its own CPU time (not wall time: a loaded host gives it less)
+        "import time\nb = bytearray(64 * 2**20)\n"
+        "while time.process_time() < 0.5: pass\nprint('ok', flush=True)\ntime.sleep(30)"
     )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -1,0 +1,165 @@
+"""What the two backends share: miniwdl's TaskContainer side of a rootless Podman task.
+
+:class:`PodmanTaskContainer` is the base of ``podman_rootless`` (:mod:`~miniwdl_podman.backend`)
+and ``podman_rootless_slurm`` (:mod:`~miniwdl_podman.slurm_backend`), siblings that both call
+``super().global_init``. It reads the settings once and remembers an initialisation error (so
+every task of a scatter fails with the first error instead of retrying it), binds or copies the
+inputs, writes the command script and the mount points, plans the task
+(:func:`~miniwdl_podman.plan.task_plan`) and explains well-known failures. Orchestration only:
+what to ask for is decided in :mod:`~miniwdl_podman.plan`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, ClassVar, Dict, Iterator, Optional
+
+from WDL import Error
+from WDL._util import StructuredLogMessage as _
+from WDL.runtime import config
+from WDL.runtime.task_container import TaskContainer
+
+from . import errors, mounts
+from . import plan as plan_mod
+from . import settings as settings_mod
+from .errors import PodmanError
+
+
+class PodmanTaskContainer(TaskContainer):
+    """The shared base of the local and the Slurm backend (not a backend itself)."""
+
+    _settings: ClassVar[Optional[settings_mod.Settings]] = None
+    _init_error: ClassVar[Optional[PodmanError]] = None
+    _selinux_enforcing: ClassVar[bool] = False
+
+    _bind_input_files: bool = True
+
+    @classmethod
+    def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
+        # miniwdl calls this again for each task while it has not succeeded; fail them all with
+        # the first error instead of e.g. trying to start a service once per task of a scatter
+        if cls._init_error is not None:
+            raise cls._init_error
+        with cls._remembering_init_error():
+            cls._settings = settings_mod.load(cfg)
+        cls._selinux_enforcing = mounts.selinux_enforcing()
+
+    @classmethod
+    @contextlib.contextmanager
+    def _remembering_init_error(cls) -> Iterator[None]:
+        """Remember a PodmanError raised while initialising, for every later task."""
+        try:
+            yield
+        except PodmanError as exn:
+            cls._init_error = exn
+            raise
+
+    @classmethod
+    def settings(cls) -> settings_mod.Settings:
+        if cls._settings is None:
+            raise PodmanError(f"{cls.__name__} backend used before global_init")
+        return cls._settings
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def copy_input_files(self, logger: logging.Logger) -> None:
+        assert self._bind_input_files
+        super().copy_input_files(logger)
+        # the inputs are now inside the work dir; no need to bind-mount them individually
+        self._bind_input_files = False
+
+    def reset(self, logger: logging.Logger) -> None:
+        super().reset(logger)
+        # a retry gets a fresh work dir, so it must copy or bind the inputs again
+        self._bind_input_files = True
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def _paths(self) -> mounts.TaskPaths:
+        return mounts.TaskPaths(
+            container_dir=self.container_dir,
+            host_work_dir=self.host_work_dir(),
+            host_stdout=self.host_stdout_txt(),
+            host_stderr=self.host_stderr_txt(),
+            host_command=os.path.join(self.host_dir, "command"),
+        )
+
+    def _write_task_files(self, command: str) -> None:
+        """The command script and the host mount points (owned by the invoking user); an input
+        that vanished since miniwdl checked it is named."""
+        try:
+            with open(os.path.join(self.host_dir, "command"), "w") as outfile:
+                outfile.write(command)
+            self.touch_mount_point(self.host_stdout_txt())
+            self.touch_mount_point(self.host_stderr_txt())
+            if self._bind_input_files:
+                for host_path, container_path in self.input_path_map.items():
+                    if not os.path.exists(host_path.rstrip("/")):
+                        raise Error.InputError(
+                            "input path vanished before the task started:"
+                            f" {host_path.rstrip('/')} (was it deleted or moved while the"
+                            " workflow ran?)"
+                        )
+                    host_mount_point = self.host_work_path(container_path)
+                    if not os.path.exists(host_mount_point.rstrip("/")):
+                        self.touch_mount_point(host_mount_point)
+        except OSError as exn:
+            raise PodmanError(
+                f"cannot prepare the task's files in {self.host_dir}: {exn.strerror}"
+                f" ({exn.filename}); free space there or make it writable, or run elsewhere"
+                " (miniwdl run --dir)"
+            ) from None
+
+    def _plan(
+        self, logger: logging.Logger, command: str, limits: Dict[str, int]
+    ) -> plan_mod.TaskPlan:
+        """Write the task's files and plan its container (everything decided before its image
+        is resolved)."""
+        settings = self.settings()
+        if self.runtime_values.get("privileged", False):
+            logger.warning(_("runtime.privileged enabled (security & portability warning)"))
+        asked = self.runtime_values.get("docker_network")
+        network, warning = plan_mod.task_network(asked, settings)
+        if warning:
+            logger.warning(_(warning, docker_network=asked))
+        self._write_task_files(command)
+        defaults: Dict[str, Any] = self.cfg.get_dict("task_runtime", "defaults")
+        return plan_mod.task_plan(
+            run_id=self.run_id,
+            task_dir=self.host_dir,
+            try_counter=self.try_counter,
+            paths=self._paths(),
+            input_path_map=self.input_path_map,
+            bind_inputs=self._bind_input_files,
+            runtime_values=self.runtime_values,
+            default_image=str(defaults.get("docker", plan_mod.DEFAULT_IMAGE)),
+            settings=settings,
+            network=network,
+            limits=limits,
+        )
+
+    # -- failures ---------------------------------------------------------------------------
+
+    def _explain_failure(self, logger: logging.Logger) -> None:
+        """Explain well-known causes visible in the failed task's stderr and work dir (full
+        disk; SELinux 'Permission denied' on an enforcing host with confined containers)."""
+        try:
+            with open(self.host_stderr_txt(), "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 65536))
+                tail = f.read().decode("utf-8", errors="replace")
+        except OSError:
+            tail = ""
+        try:
+            st = os.statvfs(self.host_work_dir())
+            free = st.f_bavail * st.f_frsize
+            full = free < max(1 << 20, st.f_blocks * st.f_frsize // 1000)
+        except OSError:
+            free, full = -1, False
+        selinux = self._settings.selinux if self._settings is not None else "disable"
+        for message in errors.explain_task_failure(
+            tail, disk_full=full, selinux_enforcing=self._selinux_enforcing, selinux=selinux
+        ):
+            logger.error(_(message, work_dir=self.host_work_dir(), free_bytes=free))

@@ -1,0 +1,75 @@
+"""Runtime assembly: settings → a connected engine, the host's ids, a launcher, enforcement.
+
+The one place that puts the parts together, used by every place that runs task containers:
+the local backend's ``global_init``, the Slurm node helper and ``doctor`` (so doctor's test
+container is planned and run by the same code as a task's, which is what its PASS claims).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import ContextManager, Optional
+
+from . import budget, identity, launch, resources
+from .engine import Engine
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything a task container needs that is set up once per process."""
+
+    settings: Settings
+    engine: Engine
+    host: identity.HostIds
+    launcher: launch.Launcher
+    enforcement: resources.Enforcement
+    coordination_dir: Optional[str]
+
+    def close(self, logger: logging.Logger) -> None:
+        """Remove what this process left (pending removals, containers still registered),
+        then close the connection and stop a private service (idempotent)."""
+        self.engine.remove_leftovers(logger)
+        self.engine.close()
+
+
+def coordination_dir(settings: Settings) -> Optional[str]:
+    """The user's private coordination directory (cross-process ledger, pull locks), made if
+    needed; None with ``coordinate = false``."""
+    if not settings.coordinate:
+        return None
+    return budget.ensure_private_dir(settings.coordination_dir or budget.default_dir(os.geteuid()))
+
+
+def open_runtime(
+    settings: Settings, logger: logging.Logger, pool_size: int = 16, reap: bool = True
+) -> Runtime:
+    """Connect to Podman (the user's socket or a private service) and assemble the runtime;
+    with ``reap``, first remove containers that dead runs on this host left."""
+    coordination = coordination_dir(settings)
+
+    def image_lock(image: str) -> ContextManager[object]:
+        if coordination is None:
+            return contextlib.nullcontext()
+        return budget.image_lock(coordination, image)
+
+    engine = Engine(settings, pool_size, image_lock)
+    try:
+        engine.connect(logger)
+        if reap:
+            engine.reap_dead_runs(logger)
+    except BaseException:
+        engine.close()
+        raise
+    host = identity.host_ids(engine.info, os.geteuid(), os.getegid())
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        host=host,
+        launcher=launch.Launcher(engine, settings, host),
+        enforcement=resources.enforcement(engine.facts),
+        coordination_dir=coordination,
+    )
