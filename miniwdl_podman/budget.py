@@ -17,14 +17,13 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 import uuid
 from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import ConfigError
-from .host import pid_alive
+from .host import pid_alive, private_dir
 from .resources import Reservation, Scheduler
 from .settings import SECTION
 
@@ -33,7 +32,7 @@ LEDGER = "budget.json"
 
 def default_dir(uid: int) -> str:
     """The per-user coordination directory on local disk."""
-    return os.path.join(tempfile.gettempdir(), f"miniwdl-podman-{uid}")
+    return private_dir(uid)
 
 
 def ensure_private_dir(path: str) -> str:

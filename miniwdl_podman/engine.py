@@ -55,7 +55,7 @@ from .errors import (
     hint_for,
 )
 from .identity import Identity
-from .settings import SECTION, Settings
+from .settings import SECTION, Settings, seconds
 from .spec import LABEL_HOST, LABEL_PID, LABEL_PROBE, ContainerSpec
 from .spec import labels as spec_labels
 
@@ -64,7 +64,6 @@ _UNBOUNDED = (30.0, None)
 _BUILD_TIMEOUT = 24 * 3600.0
 # at most this many container state checks a second, all of this process's fast waits together
 _POLLS_PER_SECOND = 200
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 INLINE_REPO = "localhost/miniwdl-inline"
 
 
@@ -134,14 +133,6 @@ class ImageProbe:
         return bool(resp.status_code == 200)
 
 
-def _seconds(duration: str) -> float:
-    """Seconds in a Go-style duration such as ``20ms`` or ``1.5s`` (validated by settings)."""
-    for unit in ("ns", "us", "ms", "s", "m"):
-        if duration.endswith(unit) and duration[: -len(unit)].replace(".", "", 1).isdigit():
-            return float(duration[: -len(unit)]) * _DURATION_UNITS[unit]
-    return 0.02
-
-
 def _build_log_lines(log: Any) -> List[str]:
     """Text lines of a podman-py build log (an iterator of JSON lines or bytes)."""
     ans: List[str] = []
@@ -155,17 +146,9 @@ def _build_log_lines(log: Any) -> List[str]:
     return ans
 
 
-def pid_is_dead(pid: str) -> bool:
-    """Whether no process with this pid exists (a pid we may not signal is alive)."""
-    if not pid.isdigit():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+def _left_by_dead_process(pid_label: str) -> bool:
+    """Whether a container's pid label names a process that no longer exists here."""
+    return pid_label.isdigit() and not host_mod.pid_alive(int(pid_label))
 
 
 def ping(url: str, timeout: float = 3.0) -> bool:
@@ -398,7 +381,7 @@ class Engine:
             c
             for c in resp.json() or []
             if (c.get("Labels") or {}).get(LABEL_HOST) == hostname
-            and pid_is_dead((c.get("Labels") or {}).get(LABEL_PID, ""))
+            and _left_by_dead_process((c.get("Labels") or {}).get(LABEL_PID, ""))
         ]
 
     def dead_run_containers(self, logger: logging.Logger) -> List[str]:
@@ -811,7 +794,7 @@ class Engine:
         """``wait_interval``, stretched so that all of this process's waits together ask the
         service for at most ``_POLLS_PER_SECOND`` state checks (each costs it CPU, which the
         tasks need when many run at once)."""
-        base = _seconds(self.settings.wait_interval)
+        base = seconds(self.settings.wait_interval)
         with self._lock:
             waiting = self._waiting
         return f"{max(base, waiting / _POLLS_PER_SECOND) * 1000:.0f}ms"

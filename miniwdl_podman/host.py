@@ -8,6 +8,7 @@ pure (functions of a file's text), so it is unit-tested without the files.
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Dict, Optional, Tuple
 
 # file system types on which rootless container storage breaks (no xattrs/whiteouts, no
@@ -114,3 +115,10 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def private_dir(uid: int) -> str:
+    """The user's own directory on local disk for what the backend keeps between its
+    processes (coordination ledger, pull locks, private service sockets):
+    ``/tmp/miniwdl-podman-<uid>``."""
+    return os.path.join(tempfile.gettempdir(), f"miniwdl-podman-{uid}")

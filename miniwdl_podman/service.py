@@ -25,6 +25,7 @@ import time
 from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 from .errors import GENERIC_HINT, PodmanUnavailable, hint_for
+from .host import private_dir
 from .settings import SECTION, Settings
 
 SOCKET_NAME = "podman.sock"
@@ -113,7 +114,7 @@ def runtime_base(settings: Settings, environ: Mapping[str, str], uid: Optional[i
     elif environ.get("XDG_RUNTIME_DIR") and _usable_private_dir(environ["XDG_RUNTIME_DIR"], uid):
         return environ["XDG_RUNTIME_DIR"]
     else:
-        base = os.path.join(tempfile.gettempdir(), f"miniwdl-podman-{uid}")
+        base = private_dir(uid)
         where = "the default private runtime dir"
     try:
         os.makedirs(base, mode=0o700, exist_ok=True)

@@ -22,31 +22,40 @@ SECTION = "podman_rootless"
 SERVICE_MODES = ("auto", "private", "external")
 PULL_POLICIES = ("missing", "always", "never")
 
-# option -> (default as written in a config file, one-line description)
-DEFAULTS: Dict[str, Tuple[str, str]] = {
-    "socket": ("", "Podman API socket URL or path; empty: CONTAINER_HOST, then the user's socket"),
-    "service": ("auto", "auto: use the socket if it answers, else start a private service"),
-    "podman": ("podman", "podman executable used only to start a private API service"),
-    "service_args": ("[]", "global podman options for a private service, e.g. --root/--runroot"),
-    "runtime_dir": ("", "where a private service's socket directory is made"),
-    "service_start_timeout": ("30", "seconds to wait for a private service to answer"),
-    "api_timeout": ("300", "seconds any single API request (other than wait) may take"),
-    "wait_interval": ("20ms", "how often the server checks whether a container has exited"),
-    "wait_fast_seconds": ("5", "for how long a task is checked every wait_interval"),
-    "wait_interval_long": ("500ms", "how often it is checked after that"),
-    "pull": ("missing", "missing: pull only absent images; always; never"),
-    "network": ("", "container network mode; empty: Podman's rootless default; none: no network"),
-    "init": ("true", "run an init process in the container so signals reach the command"),
-    "selinux": ("disable", "disable: no labels, nothing relabelled; shared (z); private (Z); none"),
-    "allow_networks": ("[]", "networks a task may ask for with runtime.docker_network"),
-    "gpu_devices": ('["nvidia.com/gpu=all"]', "CDI device names given to runtime.gpu tasks"),
-    "cdi_spec_dirs": ('["/etc/cdi", "/var/run/cdi"]', "where CDI spec files are looked for"),
-    "gpu_concurrency": ("1", "how many runtime.gpu tasks may run at once on a host; 0: no limit"),
-    "coordinate": ("true", "share one cpu/memory/GPU budget and image pulls with your other runs"),
-    "coordination_dir": ("", "per-user dir on local disk for that; empty: /tmp/miniwdl-podman-UID"),
+# option -> one-line description (its default is the Settings field's, as a config file spells it)
+DESCRIPTIONS: Dict[str, str] = {
+    "socket": "Podman API socket URL or path; empty: CONTAINER_HOST, then the user's socket",
+    "service": "auto: use the socket if it answers, else start a private service",
+    "podman": "podman executable used only to start a private API service",
+    "service_args": "global podman options for a private service, e.g. --root/--runroot",
+    "runtime_dir": "where a private service's socket directory is made",
+    "service_start_timeout": "seconds to wait for a private service to answer",
+    "api_timeout": "seconds any single API request (other than wait) may take",
+    "wait_interval": "how often the server checks whether a container has exited",
+    "wait_fast_seconds": "for how long a task is checked every wait_interval",
+    "wait_interval_long": "how often it is checked after that",
+    "pull": "missing: pull only absent images; always; never",
+    "network": "container network mode; empty: Podman's rootless default; none: no network",
+    "init": "run an init process in the container so signals reach the command",
+    "selinux": "disable: no labels, nothing relabelled; shared (z); private (Z); none",
+    "allow_networks": "networks a task may ask for with runtime.docker_network",
+    "gpu_devices": "CDI device names given to runtime.gpu tasks",
+    "cdi_spec_dirs": "where CDI spec files are looked for",
+    "gpu_concurrency": "how many runtime.gpu tasks may run at once on a host; 0: no limit",
+    "coordinate": "share one cpu/memory/GPU budget and image pulls with your other runs",
+    "coordination_dir": "per-user dir on local disk for that; empty: /tmp/miniwdl-podman-UID",
 }
 
-_DURATION = re.compile(r"^[0-9]+(\.[0-9]+)?(ns|us|ms|s|m)$")
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m)$")
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+def seconds(duration: str) -> float:
+    """Seconds in a Go-style duration such as ``20ms`` or ``1.5s`` (as validated here)."""
+    m = _DURATION.match(duration)
+    if not m:
+        raise ValueError(f"not a duration: {duration!r}")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,24 @@ class Settings:
     # miniwdl's own options that the backend needs, read at the same time
     command_shell: str = "/bin/bash"
     as_user: bool = False
+
+
+def _text(value: Any, shell: bool = False) -> str:
+    """A value as a config file spells it: lists as JSON (or shell words), booleans as
+    true/false, numbers without a needless ``.0``."""
+    if isinstance(value, tuple):
+        return shlex.join(value) if shell else json.dumps(list(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# option -> (default as written in a config file, one-line description)
+DEFAULTS: Dict[str, Tuple[str, str]] = {
+    key: (_text(getattr(Settings(), key)), text) for key, text in DESCRIPTIONS.items()
+}
 
 
 def _invalid(name: str, value: str, expected: str, section: str = SECTION) -> ConfigError:
@@ -181,18 +208,17 @@ def load(cfg: Any) -> Settings:
 
 SLURM_SECTION = "podman_rootless_slurm"
 
-SLURM_DEFAULTS: Dict[str, Tuple[str, str]] = {
-    "extra_args": ("", "more sbatch options for every task, e.g. --partition=x --account=y"),
-    "gpu_gres": ("gpu:1", "--gres asked for a runtime.gpu task; empty: none"),
-    "time_minutes": ("0", "--time for tasks without runtime.time_minutes; 0: the partition's"),
-    "node_python": ("", "Python with miniwdl_podman on the compute nodes; empty: this one"),
+SLURM_DESCRIPTIONS: Dict[str, str] = {
+    "extra_args": "more sbatch options for every task, e.g. --partition=x --account=y",
+    "gpu_gres": "--gres asked for a runtime.gpu task; empty: none",
+    "time_minutes": "--time for tasks without runtime.time_minutes; 0: the partition's",
+    "node_python": "Python with miniwdl_podman on the compute nodes; empty: this one",
     "node_storage": (
-        "/tmp/miniwdl-podman-$USER",
-        "node-local dir for Podman's store on compute nodes ($USER expanded there); empty: yours",
+        "node-local dir for Podman's store on compute nodes ($USER expanded there); empty: yours"
     ),
-    "node_runtime_dir": ("", "where the node's private service socket goes; empty: as locally"),
-    "sbatch": ("sbatch", "the sbatch command (scancel and scontrol are found beside it)"),
-    "submit_timeout": ("300", "seconds to keep retrying sbatch while Slurm's controller is away"),
+    "node_runtime_dir": "where the node's private service socket goes; empty: as locally",
+    "sbatch": "the sbatch command (scancel and scontrol are found beside it)",
+    "submit_timeout": "seconds to keep retrying sbatch while Slurm's controller is away",
 }
 
 
@@ -208,6 +234,12 @@ class SlurmSettings:
     node_runtime_dir: str = ""
     sbatch: str = "sbatch"
     submit_timeout: float = 300.0
+
+
+SLURM_DEFAULTS: Dict[str, Tuple[str, str]] = {
+    key: (_text(getattr(SlurmSettings(), key), shell=key == "extra_args"), text)
+    for key, text in SLURM_DESCRIPTIONS.items()
+}
 
 
 def slurm_from_mapping(raw: Dict[str, str]) -> SlurmSettings:

@@ -39,9 +39,9 @@ def test_explain_prefers_podmans_own_message() -> None:
 
 
 def test_pid_is_dead() -> None:
-    """Only a pid with no process is dead; garbage and live pids are not."""
+    """Only a pid label with no process is a dead run's; garbage and live pids are not."""
     import os
 
-    assert not engine.pid_is_dead(str(os.getpid()))
-    assert not engine.pid_is_dead("not-a-pid")
-    assert engine.pid_is_dead("999999999")
+    assert not engine._left_by_dead_process(str(os.getpid()))
+    assert not engine._left_by_dead_process("not-a-pid")
+    assert engine._left_by_dead_process("999999999")

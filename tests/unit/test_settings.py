@@ -82,3 +82,11 @@ def test_example_config_documents_every_option_with_its_default() -> None:
         for key, (default, _) in defaults.items():
             assert parser.get(section, key) == default, (section, key)
             assert f"MINIWDL__{section.upper()}__{key.upper()}" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("20ms", 0.02), ("1.5s", 1.5), ("500us", 0.0005), ("2m", 120.0)]
+)
+def test_durations_are_read_in_seconds(text: str, value: float) -> None:
+    """Go-style durations, as wait_interval takes them, convert to seconds."""
+    assert settings.seconds(text) == pytest.approx(value)
