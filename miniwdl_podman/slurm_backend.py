@@ -15,7 +15,6 @@ errors. No Podman is needed on the login node.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import socket
@@ -23,6 +22,7 @@ import threading
 import time
 import uuid
 from contextlib import ExitStack
+from dataclasses import asdict
 from typing import Any, ClassVar, Dict, Optional, Set, Tuple
 
 from WDL import Error, Type, Value
@@ -30,14 +30,13 @@ from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.error import Interrupted, Terminated
 
-from . import __version__, errors, launch, node
+from . import __version__, launch, protocol
 from . import settings as settings_mod
 from . import slurm as slurm_mod
 from ._logging import notice
 from .base import PodmanTaskContainer
 from .engine import Exit
 from .errors import ContainerFailed, PodmanError
-from .identity import IdentityError
 from .plan import TaskPlan
 
 # how long a finished job's result file may take to show on the login node (NFS caching)
@@ -129,7 +128,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         plan = self._plan(logger, command, limits={})
         jobdir = os.path.join(self.host_dir, "slurm")
         os.makedirs(jobdir, exist_ok=True)
-        files = node.write_job(
+        files = protocol.write_job(
             os.path.join(jobdir, f"try{self.try_counter}"),
             plan,
             settings,
@@ -190,7 +189,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
                 while True:
                     poll_stderr()
                     if not confirmed:
-                        holder = node.read_claim(files["claim"])
+                        holder = protocol.read_claim(files["claim"])
                         confirmed = holder == job_id
                         if holder.isdigit() and holder != job_id:
                             logger.warning(
@@ -208,7 +207,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
                             confirmed, ended_at = True, None
                     if terminating():
                         # a job still queued must never run the attempt: take its claim
-                        holder = node.claim(files["claim"], "cancelled") or ""
+                        holder = protocol.claim(files["claim"], "cancelled") or ""
                         slurm.cancel(sorted(j for j in {job_id, holder} if j.isdigit()), logger)
                         logger.warning(_("cancelled the task's Slurm job", job_id=job_id))
                         self._await_end(job_id, slurm, 60.0)
@@ -257,35 +256,32 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         mem: int,
         minutes: int,
     ) -> int:
-        result: Dict[str, Any] = {}
-        try:
-            with open(files["result"]) as f:
-                result = json.load(f)
-        except (OSError, ValueError):
-            pass
-        where = str(result.get("node") or "")
+        result = protocol.read_result(files["result"])
+        where = result.node if result is not None else ""
         notice(logger, _("slurm job ended", job_id=job_id, state=state, node=where,
-                         exit_code=result.get("exit_code")))  # fmt: skip
-        logger.info(_("slurm node helper result", **result))
+                         exit_code=result.exit_code if result else None))  # fmt: skip
+        if result is not None:
+            logger.info(_("slurm node helper result", **asdict(result)))
         killed = slurm_mod.classify(
             state, job_id=job_id, node=where, memory_bytes=mem, time_minutes=minutes
         )
-        if killed and (state != "OUT_OF_MEMORY" or "exit_code" not in result):
+        has_exit = result is not None and result.exit_code is not None
+        if killed and (state != "OUT_OF_MEMORY" or not has_exit):
             message, interrupted = killed
             logger.error(_(message, job_id=job_id, state=state))
             if interrupted:
                 raise Interrupted(message)
             raise slurm_mod.SlurmError(message)
-        if "error" in result:
-            raise self._node_error(result, job_id, plan)
-        if result.get("terminated"):
+        if result is not None and result.error:
+            raise result.exception(f"on {where}, Slurm job {job_id}", plan.image)
+        if result is not None and result.terminated:
             message = (
                 f"the node helper of Slurm job {job_id} on {where} was stopped by a signal"
                 f" (job state {state}) before the task ended"
             )
             logger.error(_(message))
             raise Interrupted(message)
-        if "exit_code" not in result:
+        if result is None or result.exit_code is None:
             tail = _tail(files["log"])
             message = (
                 f"the node helper of Slurm job {job_id} ended ({state}) without a result"
@@ -299,10 +295,10 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
                 raise Interrupted(message)
             raise ContainerFailed(message)
         outcome = launch.Outcome(
-            Exit(int(result["exit_code"]), bool(result.get("oom_killed"))),
-            int(result.get("peak_rss", 0)),
-            float(result.get("cpu_seconds", 0.0)),
-            int(result.get("samples", 0)),
+            Exit(result.exit_code, result.oom_killed),
+            result.peak_rss,
+            result.cpu_seconds,
+            result.samples,
         )
         launch.report_usage(logger, outcome)
         code = outcome.exit.code
@@ -316,24 +312,6 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
                 logger.error(_(explanation, exit_code=code, job_id=job_id, peak_rss_mib=peak))
                 self.failure_info = {"explanation": explanation, "oom_killed": True}
         return code
-
-    @staticmethod
-    def _node_error(result: Dict[str, Any], job_id: str, plan: TaskPlan) -> Exception:
-        """The node helper's error, as the same kind of error here."""
-        message = f"{result.get('message')} (on {result.get('node')}, Slurm job {job_id})"
-        kind = str(result.get("error"))
-        if result.get("interrupted") or kind == "Interrupted":
-            return Interrupted(message)
-        if kind == "ImagePullFailed":
-            return errors.ImagePullFailed(plan.image, message)
-        if kind == "InputError":
-            return Error.InputError(message)
-        if kind == "IdentityError":
-            return IdentityError(message)
-        cls = getattr(errors, kind, None)
-        if isinstance(cls, type) and issubclass(cls, PodmanError):
-            return cls(message)
-        return PodmanError(f"{kind}: {message}")
 
 
 def _tail(path: str, lines: int = 5) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Dict, Tuple
 
 import pytest
 
-from miniwdl_podman import mounts, node
+from miniwdl_podman import mounts, protocol
 from miniwdl_podman import plan as plan_mod
 from miniwdl_podman.settings import Settings
 
@@ -52,7 +52,7 @@ def _job(tmp_path: Path, short_dir: Path, image: str, command: str) -> Tuple[Dic
         writable=[str(work), str(task / "stdout.txt"), str(task / "stderr.txt")],
     )
     (task / "slurm").mkdir()
-    files = node.write_job(
+    files = protocol.write_job(
         str(task / "slurm" / "try1"),
         plan,
         Settings(),
@@ -92,7 +92,7 @@ def test_node_helper_runs_a_plan_on_a_node_local_store(
     )  # fmt: skip
     proc, result = _node_run(files)
     assert proc.returncode == 0, proc.stderr
-    assert result["version"] == node.RESULT_VERSION
+    assert result["format"] == protocol.FORMAT
     assert result["exit_code"] == 0
     assert (task / "work" / "out.txt").read_text() == "from the login node\n"
     assert (task / "stdout.txt").read_text().split() == ["0"]  # root image: container root = you

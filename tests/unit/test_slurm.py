@@ -3,14 +3,16 @@ plan and settings that travel to the compute node."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Dict
+
 import pytest
 from WDL import Error
 from WDL.runtime.error import Interrupted
 
-from miniwdl_podman import errors, node, settings, slurm
+from miniwdl_podman import __version__, errors, node, protocol, settings, slurm
 from miniwdl_podman import plan as plan_mod
 from miniwdl_podman.mounts import Mount
-from miniwdl_podman.slurm_backend import PodmanRootlessSlurm
 
 CMD = ["/venv/bin/python", "-m", "miniwdl_podman", "node-run", "/runs/a b/try1.json"]
 
@@ -206,7 +208,7 @@ def test_plan_and_settings_travel_to_the_node_unchanged() -> None:
     assert plan_mod.TaskPlan.from_json(plan.to_json()) == plan
     s = settings.from_mapping({"service": "external", "socket": "/run/x.sock",
                                "service_args": '["--log-level=info"]'})  # fmt: skip
-    assert node.settings_from_json(node.settings_to_json(s)) == s
+    assert protocol.settings_from_json(protocol.settings_to_json(s)) == s
     ns = node.node_settings(s, "/tmp/st", "")
     assert ns.service == "private" and ns.socket == ""
     assert ns.service_args == ("--cgroup-manager=cgroupfs", "--root", "/tmp/st/root",
@@ -220,15 +222,67 @@ def test_node_errors_come_back_as_the_same_kind() -> None:
     plan = plan_mod.TaskPlan(run_id="r", task_dir="/t", try_counter=1, container_dir="/c",
                            mounts=[], image="img")  # fmt: skip
 
-    def back(kind: str, interrupted: bool = False) -> Exception:
-        result = {"error": kind, "message": "m", "node": "n1", "interrupted": interrupted}
-        return PodmanRootlessSlurm._node_error(result, "7", plan)
+    def back(kind: str) -> Exception:
+        result = protocol.Result(node="n1", error=kind, message="m")
+        return result.exception("on n1, Slurm job 7", plan.image)
 
     assert isinstance(back("ImagePullFailed"), errors.ImagePullFailed)
     assert isinstance(back("ContainerFailed"), errors.ContainerFailed)
     assert isinstance(back("PodmanUnavailable"), errors.PodmanUnavailable)
     assert isinstance(back("InputError"), Error.InputError)
-    assert isinstance(back("Whatever", interrupted=True), Interrupted)
+    assert isinstance(back("Interrupted"), Interrupted)
     other = back("KeyError")
     assert type(other) is errors.PodmanError and "KeyError" in str(other)
     assert "(on n1, Slurm job 7)" in str(back("ContainerFailed"))
+
+
+def test_every_error_kind_crosses_as_itself() -> None:
+    """Each of our error kinds leaves the node under its name and comes back as its class."""
+    from miniwdl_podman.identity import IdentityError
+
+    for exn in (errors.ImagePullFailed("img", "m"), errors.ContainerFailed("m"),
+                errors.PodmanUnavailable("m"), errors.ConfigError("m"), IdentityError("m"),
+                Error.InputError("m"), Interrupted("m"), protocol.ProtocolError("m")):  # fmt: skip
+        kind = protocol.error_kind(exn)
+        assert kind in protocol.ERROR_KINDS
+        again = protocol.Result(node="n", error=kind, message="m").exception("here", "img")
+        assert type(again) is type(exn), kind
+    assert protocol.error_kind(KeyError("x")) == ""
+
+
+def test_files_of_another_version_are_refused_naming_both(tmp_path: Any) -> None:
+    """A job file of another format, or with a field this version does not know, is refused
+    with a message naming the version that wrote it and this one; so is such a result."""
+    import json
+
+    plan = plan_mod.TaskPlan(run_id="r", task_dir="/t", try_counter=1, container_dir="/c",
+                             mounts=[], image="img")  # fmt: skip
+    files = protocol.write_job(str(tmp_path / "try1"), plan, settings.Settings())
+    job = protocol.read_job(files["json"])
+    assert job.plan == plan and job.result == files["result"]
+    raw = json.loads(Path(files["json"]).read_text())
+    for change in ({"format": 2, "package": "9.9"}, {"plan": {**raw["plan"], "new": 1}},
+                   {"later_field": True}):  # fmt: skip
+        (tmp_path / "bad.json").write_text(json.dumps({**raw, **change}))
+        with pytest.raises(protocol.ProtocolError) as info:
+            protocol.read_job(str(tmp_path / "bad.json"))
+        assert "install the same version of miniwdl_podman" in str(info.value)
+        assert f"this node runs miniwdl_podman {__version__}" in str(info.value)
+    assert "written by miniwdl_podman 9.9 (format 2)" in _refusal(
+        tmp_path, {**raw, "format": 2, "package": "9.9"}
+    )
+    protocol.Result(node="n", exit_code=0).write(files["result"])
+    assert protocol.read_result(files["result"]) == protocol.Result(node="n", exit_code=0)
+    (tmp_path / "r.result").write_text(json.dumps({"format": 1, "node": "n", "extra": 1}))
+    with pytest.raises(protocol.ProtocolError):
+        protocol.read_result(str(tmp_path / "r.result"))
+    assert protocol.read_result(str(tmp_path / "missing.result")) is None
+
+
+def _refusal(tmp_path: Any, raw: Dict[str, Any]) -> str:
+    import json
+
+    (tmp_path / "v.json").write_text(json.dumps(raw))
+    with pytest.raises(protocol.ProtocolError) as info:
+        protocol.read_job(str(tmp_path / "v.json"))
+    return str(info.value)
