@@ -35,10 +35,10 @@ from typing import Any, Callable, Dict, List, Optional
 
 from WDL.runtime import config as wdl_config
 
-from . import budget, host, identity, mounts, resources, service
+from . import budget, host, identity, mounts, resources
 from . import plan as plan_mod
 from . import settings as settings_mod
-from .engine import Engine, ImageRef
+from .engine import Engine, ImageRef, processes
 from .errors import PodmanError, hint_for
 from .runtime import Runtime, open_runtime
 from .settings import SECTION
@@ -238,7 +238,7 @@ class Doctor:
                 "nothing needed; to use a long-lived service instead, `loginctl enable-linger`",
             )
             return
-        if service.unusable_runtime_dir(os.environ) is not None:
+        if processes.unusable_runtime_dir(os.environ) is not None:
             self.add(
                 "runtime dir",
                 WARN,
@@ -439,10 +439,10 @@ class Doctor:
     def _test_image(self) -> Optional[ImageRef]:
         assert self.engine is not None
         if self.image:
-            return self.engine.ensure_image(self.image, self.logger)
+            return self.engine.images.ensure(self.image, self.logger)
         default = self.cfg.get_dict("task_runtime", "defaults").get("docker", "")
-        found = self.engine.local_image(default, self.logger) if default else None
-        return found or self.engine.smallest_local_image(self.logger)
+        found = self.engine.images.local(default, self.logger) if default else None
+        return found or self.engine.images.smallest_local(self.logger)
 
     def check_container(self) -> None:
         if self.engine is None or self.settings is None:
@@ -485,7 +485,7 @@ class Doctor:
     def check_leftovers(self) -> None:
         if self.engine is None:
             return
-        dead = self.engine.dead_run_containers(self.logger)
+        dead = self.engine.containers.dead_run_containers(self.logger)
         if dead:
             self.add("leftovers", WARN, f"{len(dead)} containers left by dead miniwdl runs:"
                      f" {', '.join(dead[:5])}", "remove them: `--fix` does (or podman rm -f)",

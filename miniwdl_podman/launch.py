@@ -86,10 +86,10 @@ class Launcher:
     def image(self, plan: TaskPlan, logger: logging.Logger) -> ImageRef:
         """The plan's image in the local store: pulled, or built from the inline Dockerfile."""
         if plan.inline_dockerfile:
-            return self.engine.build_image(
+            return self.engine.images.build(
                 plan.inline_dockerfile, os.path.join(plan.task_dir, "inlineDockerfile.log"), logger
             )
-        return self.engine.ensure_image(plan.image, logger)
+        return self.engine.images.ensure(plan.image, logger)
 
     def identity_for(self, image: str, ref: ImageRef, logger: logging.Logger) -> identity.Identity:
         """The task's identity for this image, worked out once per image per process."""
@@ -99,7 +99,7 @@ class Launcher:
             user = identity.ImageUser(spec=ref.user, resolved=False)
             home_exists = None
             if not (user.is_root or settings.as_user or host.single_uid):
-                with engine.image_probe(ref.id, logger) as probe:
+                with engine.images.probe(ref.id, logger) as probe:
                     user = identity.resolve_image_user(
                         image, ref.user, probe.read("/etc/passwd"), probe.read("/etc/group")
                     )
@@ -188,11 +188,11 @@ class Launcher:
             if "id" not in container or time.monotonic() - container["t0"] < 0.9:
                 return
             if "pid" not in container:
-                container["pid"] = self.engine.container_pid(container["id"], logger)
+                container["pid"] = self.engine.containers.pid(container["id"], logger)
             if container.get("pid"):
                 tracker.add(usage.sample_tree(int(container["pid"])))
 
-        exit = self.engine.run(spec, logger, terminating, poll=polled, running=started)
+        exit = self.engine.containers.run(spec, logger, terminating, poll=polled, running=started)
         return Outcome(exit, tracker.peak_rss, tracker.cpu_seconds, tracker.samples)
 
     def settle_ownership(self, roots: List[str], logger: logging.Logger) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -60,6 +61,22 @@ def labels(run_id: str, task_dir: str) -> Dict[str, str]:
         LABEL_HOST: socket.gethostname(),
         LABEL_TASK_DIR: task_dir,
     }
+
+
+def probe_spec(image_id: str) -> ContainerSpec:
+    """An unstarted container of an image, to read its files (never started: no network, no
+    init, no mounts; the rootless default user namespace)."""
+    return ContainerSpec(
+        name=f"miniwdl-probe-{image_id[:12]}-{os.getpid()}-{threading.get_ident() % 100000}",
+        image=image_id,
+        command=["true"],
+        working_dir="/",
+        mounts=[],
+        identity=identity_mod.Identity(userns=""),
+        labels={**labels("image-probe", ""), LABEL_PROBE: "1"},
+        network="none",
+        init=False,
+    )
 
 
 def build(

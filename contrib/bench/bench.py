@@ -100,11 +100,11 @@ def cli_floor(n: int) -> float:
 def podmanpy_floor(n: int) -> float:
     from podman import PodmanClient
 
-    from miniwdl_podman import engine, service
+    from miniwdl_podman.engine import connection, processes
 
     base = tempfile.mkdtemp(prefix="mwpb-", dir="/tmp")
-    svc = service.PrivateService("podman", base)
-    svc.start(engine.ping, 30)
+    svc = processes.PrivateService("podman", base)
+    svc.start(connection.ping, 30)
     try:
         client = PodmanClient(base_url=svc.url)
 

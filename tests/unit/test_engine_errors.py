@@ -7,7 +7,7 @@ from typing import Optional
 import requests
 from podman.errors import APIError
 
-from miniwdl_podman import engine
+from miniwdl_podman.engine import connection, containers
 
 
 def _api_error(status: Optional[int], explanation: str) -> APIError:
@@ -20,28 +20,30 @@ def _api_error(status: Optional[int], explanation: str) -> APIError:
 
 def test_transient_server_errors_are_retried() -> None:
     """500s that go away when sent again (db lock, keep-id race) are transient; others are not."""
-    assert engine._is_transient(_api_error(500, "database is locked"))
-    assert engine._is_transient(_api_error(500, "keep-id requires additional UIDs or GIDs"))
-    assert not engine._is_transient(_api_error(500, "no such image"))
-    assert not engine._is_transient(_api_error(404, "database is locked"))
-    assert not engine._is_transient(_api_error(None, "database is locked"))
+    assert connection._is_transient(_api_error(500, "database is locked"))
+    assert connection._is_transient(_api_error(500, "keep-id requires additional UIDs or GIDs"))
+    assert not connection._is_transient(_api_error(500, "no such image"))
+    assert not connection._is_transient(_api_error(404, "database is locked"))
+    assert not connection._is_transient(_api_error(None, "database is locked"))
 
 
 def test_connection_errors_are_told_apart_from_http_errors() -> None:
     """An APIError with no response is a connection failure (recover, then retry)."""
-    assert engine._is_connection_error(_api_error(None, "POST operation failed"))
-    assert not engine._is_connection_error(_api_error(500, "x"))
+    assert connection._is_connection_error(_api_error(None, "POST operation failed"))
+    assert not connection._is_connection_error(_api_error(500, "x"))
 
 
 def test_explain_prefers_podmans_own_message() -> None:
     """Podman's explanation is the message users see."""
-    assert engine._explain(_api_error(500, "statfs /x: no such file")) == "statfs /x: no such file"
+    assert (
+        connection._explain(_api_error(500, "statfs /x: no such file")) == "statfs /x: no such file"
+    )
 
 
 def test_pid_is_dead() -> None:
     """Only a pid label with no process is a dead run's; garbage and live pids are not."""
     import os
 
-    assert not engine._left_by_dead_process(str(os.getpid()))
-    assert not engine._left_by_dead_process("not-a-pid")
-    assert engine._left_by_dead_process("999999999")
+    assert not containers._left_by_dead_process(str(os.getpid()))
+    assert not containers._left_by_dead_process("not-a-pid")
+    assert containers._left_by_dead_process("999999999")

@@ -10,7 +10,8 @@ from typing import List, Tuple
 
 import pytest
 
-from miniwdl_podman import engine, resources, service, settings
+from miniwdl_podman import engine, resources, settings
+from miniwdl_podman.engine import connection, processes
 from miniwdl_podman.errors import PodmanUnavailable
 
 
@@ -18,14 +19,14 @@ def test_socket_candidates_in_order() -> None:
     """The option wins, then CONTAINER_HOST, then $XDG_RUNTIME_DIR/podman/podman.sock."""
     s = settings.from_mapping({"socket": "/a/b.sock"})
     env = {"CONTAINER_HOST": "unix:///c.sock", "XDG_RUNTIME_DIR": "/run/user/7"}
-    assert service.candidate(s, env) == ("unix:///a/b.sock", "[podman_rootless] socket")
+    assert connection.candidate(s, env) == ("unix:///a/b.sock", "[podman_rootless] socket")
     s = settings.Settings()
-    assert service.candidate(s, env) == ("unix:///c.sock", "CONTAINER_HOST")
-    assert service.candidate(s, {"XDG_RUNTIME_DIR": "/run/user/7"}) == (
+    assert connection.candidate(s, env) == ("unix:///c.sock", "CONTAINER_HOST")
+    assert connection.candidate(s, {"XDG_RUNTIME_DIR": "/run/user/7"}) == (
         "unix:///run/user/7/podman/podman.sock",
         "XDG_RUNTIME_DIR",
     )
-    url, why = service.candidate(s, {})
+    url, why = connection.candidate(s, {})
     assert url is None
     assert "XDG_RUNTIME_DIR is not set" in why
 
@@ -35,9 +36,9 @@ def test_runtime_base_prefers_private_xdg(tmp_path: Path) -> None:
     xdg = tmp_path / "xdg"
     xdg.mkdir(mode=0o700)
     xdg.chmod(0o700)
-    assert service.runtime_base(settings.Settings(), {"XDG_RUNTIME_DIR": str(xdg)}) == str(xdg)
+    assert processes.runtime_base(settings.Settings(), {"XDG_RUNTIME_DIR": str(xdg)}) == str(xdg)
     xdg.chmod(0o755)
-    base = service.runtime_base(settings.Settings(), {"XDG_RUNTIME_DIR": str(xdg)})
+    base = processes.runtime_base(settings.Settings(), {"XDG_RUNTIME_DIR": str(xdg)})
     assert base.endswith(f"miniwdl-podman-{os.geteuid()}")
     assert (os.stat(base).st_mode & 0o777) == 0o700
 
@@ -47,18 +48,18 @@ def test_podman_environ_drops_only_an_unusable_xdg_runtime_dir(tmp_path: Path) -
     batch job) and keeps a writable one, even 0755 (the live tests cover an unwritable one)."""
     gone = str(tmp_path / "gone")
     env = {"PATH": "/usr/bin", "XDG_RUNTIME_DIR": gone}
-    assert service.podman_environ(env) == {"PATH": "/usr/bin"}
-    assert service.unusable_runtime_dir(env) == gone
+    assert processes.podman_environ(env) == {"PATH": "/usr/bin"}
+    assert processes.unusable_runtime_dir(env) == gone
     a_file = tmp_path / "file"
     a_file.write_text("")
     for bad in (str(a_file), ""):
-        assert service.podman_environ({"XDG_RUNTIME_DIR": bad}) == {}
+        assert processes.podman_environ({"XDG_RUNTIME_DIR": bad}) == {}
     open_dir = tmp_path / "open"
     open_dir.mkdir(mode=0o755)
     kept = {"XDG_RUNTIME_DIR": str(open_dir)}
-    assert service.podman_environ(kept) == kept
-    assert service.unusable_runtime_dir(kept) is None
-    assert service.podman_environ({"PATH": "/bin"}) == {"PATH": "/bin"}
+    assert processes.podman_environ(kept) == kept
+    assert processes.unusable_runtime_dir(kept) is None
+    assert processes.podman_environ({"PATH": "/bin"}) == {"PATH": "/bin"}
 
 
 def test_runtime_dir_option_must_be_private(tmp_path: Path) -> None:
@@ -68,7 +69,7 @@ def test_runtime_dir_option_must_be_private(tmp_path: Path) -> None:
     open_dir.chmod(0o755)
     s = settings.from_mapping({"runtime_dir": str(open_dir)})
     with pytest.raises(PodmanUnavailable) as info:
-        service.runtime_base(s, {})
+        processes.runtime_base(s, {})
     assert f"chmod 700 {open_dir}" in str(info.value)
 
 
@@ -77,7 +78,7 @@ def test_private_service_refuses_too_long_socket_path(tmp_path: Path) -> None:
     deep = tmp_path / ("x" * 100)
     deep.mkdir()
     with pytest.raises(PodmanUnavailable) as info:
-        service.PrivateService("podman", str(deep))
+        processes.PrivateService("podman", str(deep))
     assert "runtime_dir" in str(info.value)
     assert list(deep.iterdir()) == []
 

@@ -1,15 +1,13 @@
-"""Finding the user's Podman API socket, or starting a private API service.
+"""The Podman processes the backend starts: a private API service, and ``podman unshare``.
 
-Which socket: ``[podman_rootless] socket`` if set, else ``CONTAINER_HOST``, else
-``$XDG_RUNTIME_DIR/podman/podman.sock``. If that does not answer (or ``service = private``), a
-private ``podman system service --time=0`` is started on a socket in a fresh 0700 directory
-owned by the user, and stopped when miniwdl exits. The private service is tied to a pipe held by
-this process: if miniwdl dies without cleaning up (even by SIGKILL), the pipe closes and the
-service stops, so no stray service is left behind. It runs in its own session, so a Ctrl-C to
-miniwdl's terminal does not kill it before the backend has removed its containers.
-
-This module starts and stops processes and makes directories; whether a socket *answers* is
-asked through a probe function supplied by the engine (the only module that talks to Podman).
+When no API socket answers (or ``service = private``), a private ``podman system service
+--time=0`` is started on a socket in a fresh 0700 directory owned by the user, and stopped when
+miniwdl exits. It is tied to a pipe held by this process: if miniwdl dies without cleaning up
+(even by SIGKILL), the pipe closes and the service stops, so no stray service is left behind.
+It runs in its own session, so a Ctrl-C to miniwdl's terminal does not kill it before the
+backend has removed its containers. Every such process gets the environment without variables
+that would break it here (an ``XDG_RUNTIME_DIR`` the user cannot write). Whether a socket
+*answers* is asked through a probe function supplied by the connection.
 """
 
 from __future__ import annotations
@@ -22,11 +20,11 @@ import stat
 import subprocess
 import tempfile
 import time
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
-from .errors import GENERIC_HINT, PodmanUnavailable, hint_for
-from .host import private_dir
-from .settings import SECTION, Settings
+from ..errors import GENERIC_HINT, PodmanUnavailable, hint_for
+from ..host import private_dir
+from ..settings import SECTION, Settings
 
 SOCKET_NAME = "podman.sock"
 
@@ -48,26 +46,6 @@ exit "$status"
 """
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL
 _MAX_SOCKET_PATH = 107
-
-
-def to_url(socket_or_url: str) -> str:
-    """``/path/podman.sock`` → ``unix:///path/podman.sock``; URLs pass through."""
-    s = socket_or_url.strip()
-    if s.startswith("/"):
-        return "unix://" + s
-    return s
-
-
-def candidate(settings: Settings, environ: Mapping[str, str]) -> Tuple[Optional[str], str]:
-    """The socket URL to try first and where it came from (for the log and error messages)."""
-    if settings.socket:
-        return to_url(settings.socket), f"[{SECTION}] socket"
-    if environ.get("CONTAINER_HOST"):
-        return to_url(environ["CONTAINER_HOST"]), "CONTAINER_HOST"
-    xdg = environ.get("XDG_RUNTIME_DIR")
-    if xdg:
-        return to_url(os.path.join(xdg, "podman", SOCKET_NAME)), "XDG_RUNTIME_DIR"
-    return None, "no socket configured and XDG_RUNTIME_DIR is not set"
 
 
 def _usable_private_dir(path: str, uid: int) -> bool:
@@ -252,3 +230,28 @@ class PrivateService:
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def unshare_chown(podman_exe: str, paths: List[str]) -> Optional[str]:
+    """Give ``paths`` back to the invoking user via ``podman unshare chown``; error or None.
+
+    Inside ``podman unshare`` the invoking user is root and subordinate ids are visible, so
+    files a task left owned by other (subordinate) uids can be chowned to 0:0, which is the
+    invoking user on the host. This runs no container.
+    """
+    exe = shutil.which(podman_exe) or podman_exe
+    for i in range(0, len(paths), 500):
+        chunk = paths[i : i + 500]
+        try:
+            proc = subprocess.run(
+                [exe, "unshare", "chown", "-h", "0:0", "--", *chunk],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env=podman_environ(os.environ),
+            )
+        except (OSError, subprocess.SubprocessError) as exn:
+            return str(exn)
+        if proc.returncode != 0:
+            return proc.stderr.strip() or f"exit status {proc.returncode}"
+    return None

@@ -1,0 +1,96 @@
+"""The engine: the only package that talks to Podman (through podman-py).
+
+One :class:`Engine` per process, split by concern the way podman-py splits its managers:
+
+- :mod:`.connection`: which API service (the user's socket or a private one), its facts, the
+  one shared client, request retries and recovery, error text;
+- :mod:`.images`: pull once per process, inline Dockerfile builds, image probes;
+- :mod:`.containers`: a ContainerSpec as libpod's create request, start, wait, kill, removal,
+  and the reaping of containers that dead runs left;
+- :mod:`.processes`: the Podman processes the backend starts (a private API service,
+  ``podman unshare``).
+
+Every podman-py / requests exception is translated here into the types in
+:mod:`miniwdl_podman.errors`, with the detail logged and the fix in the message. podman-py's
+high-level ``containers.create`` re-inspects each new container and drops the create answer's
+``Warnings``, and ``images.pull`` swallows pull errors (podman-py#301); so the hot or lossy
+calls go through podman-py's ``APIClient`` to libpod's documented REST endpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, Callable, ContextManager, Dict, List, Optional
+
+from ..podman_facts import PodmanFacts
+from ..settings import Settings
+from . import processes
+from .connection import Connection, ping
+from .containers import Containers, Exit
+from .images import INLINE_REPO, ImageRef, Images
+
+__all__ = ["INLINE_REPO", "Engine", "Exit", "ImageRef", "ping", "pool_size_for"]
+
+
+def _no_lock(_image: str) -> ContextManager[object]:
+    return contextlib.nullcontext()
+
+
+class Engine:
+    """The connection to one Podman API service and its managers, shared by a process's
+    tasks: ``images``, ``containers``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool_size: int = 32,
+        image_lock: Callable[[str], ContextManager[object]] = _no_lock,
+    ) -> None:
+        self.settings = settings
+        self.connection = Connection(settings, pool_size)
+        self.containers = Containers(self.connection)
+        # image_lock: held around a pull (the caller's cross-process lock)
+        self.images = Images(self.connection, self.containers, image_lock)
+
+    def connect(self, logger: logging.Logger) -> None:
+        """Find the user's API socket or start a private service; read its facts."""
+        self.connection.connect(logger)
+
+    @property
+    def facts(self) -> PodmanFacts:
+        return self.connection.facts
+
+    @property
+    def info(self) -> Dict[str, Any]:
+        return self.connection.info
+
+    @property
+    def url(self) -> str:
+        return self.connection.url
+
+    @property
+    def source(self) -> str:
+        return self.connection.source
+
+    def unshare_chown(self, paths: List[str]) -> Optional[str]:
+        """Give ``paths`` back to the invoking user (``podman unshare chown``); error or None."""
+        return processes.unshare_chown(self.settings.podman, paths)
+
+    def reap_dead_runs(self, logger: logging.Logger) -> int:
+        """Remove the containers that dead miniwdl runs on this host left; how many."""
+        return self.containers.reap_dead_runs(logger)
+
+    def remove_leftovers(self, logger: logging.Logger) -> None:
+        """At process exit: finish pending removals, then remove this process's containers."""
+        self.containers.remove_leftovers(logger)
+
+    def close(self) -> None:
+        """Finish pending removals, close the client, stop a private service (idempotent)."""
+        self.containers.close()
+        self.connection.close()
+
+
+def pool_size_for(task_concurrency: int) -> int:
+    """Connections to keep: one blocking wait per running task, plus room for other calls."""
+    return max(16, 2 * task_concurrency + 8)

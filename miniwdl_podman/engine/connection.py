@@ -1,0 +1,274 @@
+"""The connection to one Podman API service: which service, its facts, retried requests.
+
+:class:`Connection` finds the user's API socket (``[podman_rootless] socket``, then
+``CONTAINER_HOST``, then ``$XDG_RUNTIME_DIR/podman/podman.sock``) or starts a private service
+(:mod:`.processes`), holds the one podman-py client of the process (thread-safe, its pool sized
+to the task concurrency), reads the service's :class:`~miniwdl_podman.podman_facts.PodmanFacts`
+once, and sends idempotent requests with retries after transient errors and recovery after the
+service went away (a private service is restarted; an external one is waited for). The helpers
+here turn podman-py/requests exceptions into the one-line text users see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from podman import PodmanClient
+from podman.errors import APIError
+from WDL._util import StructuredLogMessage as _
+
+from .. import host as host_mod
+from .. import podman_facts
+from .._logging import notice
+from ..errors import PodmanUnavailable
+from ..settings import SECTION, Settings
+from .processes import SOCKET_NAME, PrivateService, runtime_base, unusable_runtime_dir
+
+# (connect, read) timeout for requests that legitimately block for as long as the task runs
+_UNBOUNDED = (30.0, None)
+_BUILD_TIMEOUT = 24 * 3600.0
+# at most this many container state checks a second, all of this process's fast waits together
+_POLLS_PER_SECOND = 200
+INLINE_REPO = "localhost/miniwdl-inline"
+
+
+def _explain(exn: BaseException) -> str:
+    """The most useful one-line text of a podman-py/requests exception."""
+    if isinstance(exn, APIError):
+        text = str(exn.explanation or "") or str(exn)
+        cause = exn.__cause__ or exn.__context__
+        if cause is not None and not exn.explanation:
+            text = f"{text}: {cause}"
+        elif cause is not None and "operation failed" in text:
+            text = f"{text}: {type(cause).__name__}"
+        return text.strip()
+    return f"{type(exn).__name__}: {exn}"
+
+
+def _is_connection_error(exn: BaseException) -> bool:
+    """An APIError raised because the service could not be reached (not an HTTP status)."""
+    return isinstance(exn, APIError) and exn.response is None
+
+
+# server errors that say nothing about the request and go away when it is sent again
+_TRANSIENT = (
+    "keep-id requires additional",
+    "database is locked",
+    "resource temporarily unavailable",
+)
+_CREATE_TRIES = 5
+
+
+def _is_transient(exn: APIError) -> bool:
+    return (
+        exn.response is not None
+        and exn.is_server_error()
+        and any(marker in _explain(exn) for marker in _TRANSIENT)
+    )
+
+
+def ping(url: str, timeout: float = 3.0) -> bool:
+    """Whether a Podman API service answers at ``url``."""
+    try:
+        with PodmanClient(base_url=url, timeout=timeout) as client:
+            return bool(client.ping())
+    except Exception:
+        return False
+
+
+def to_url(socket_or_url: str) -> str:
+    """``/path/podman.sock`` → ``unix:///path/podman.sock``; URLs pass through."""
+    s = socket_or_url.strip()
+    if s.startswith("/"):
+        return "unix://" + s
+    return s
+
+
+def candidate(settings: Settings, environ: Mapping[str, str]) -> Tuple[Optional[str], str]:
+    """The socket URL to try first and where it came from (for the log and error messages)."""
+    if settings.socket:
+        return to_url(settings.socket), f"[{SECTION}] socket"
+    if environ.get("CONTAINER_HOST"):
+        return to_url(environ["CONTAINER_HOST"]), "CONTAINER_HOST"
+    xdg = environ.get("XDG_RUNTIME_DIR")
+    if xdg:
+        return to_url(os.path.join(xdg, "podman", SOCKET_NAME)), "XDG_RUNTIME_DIR"
+    return None, "no socket configured and XDG_RUNTIME_DIR is not set"
+
+
+class Connection:
+    """One Podman API service and the process's client to it."""
+
+    def __init__(self, settings: Settings, pool_size: int = 32) -> None:
+        self.settings = settings
+        self.pool_size = max(16, pool_size)
+        self.url = ""
+        self.source = ""
+        self.version: Dict[str, Any] = {}
+        self.info: Dict[str, Any] = {}
+        self.facts = podman_facts.PodmanFacts()
+        self._private: Optional[PrivateService] = None
+        self._client: Optional[PodmanClient] = None
+        self._recover_lock = threading.Lock()
+
+    # -- connection ---------------------------------------------------------------------------
+
+    def connect(self, logger: logging.Logger) -> None:
+        """Find the user's API socket or start a private service; log which and the version."""
+        s = self.settings
+        url, source = candidate(s, os.environ)
+        if s.service != "private" and url and ping(url):
+            self.url, self.source = url, source
+        elif s.service == "external":
+            raise PodmanUnavailable(
+                (
+                    f"no Podman API service answers at {url} (from {source})"
+                    if url
+                    else f"[{SECTION}] service = external, but {source}"
+                )
+                + "; start one (`systemctl --user enable --now podman.socket`, or"
+                f" `podman system service --time=0 {url or 'unix:///PATH/podman.sock'} &`),"
+                f" or set [{SECTION}] service = auto to let the backend start a private one"
+            )
+        else:
+            if url and s.service == "auto":
+                logger.info(_("podman socket not answering; starting a private service", url=url))
+            unusable = unusable_runtime_dir(os.environ)
+            if unusable is not None:
+                logger.warning(
+                    _(
+                        "XDG_RUNTIME_DIR is not a directory you can write (a login node's, in a"
+                        " batch job? another user's, after su?); Podman runs without it",
+                        XDG_RUNTIME_DIR=unusable,
+                    )
+                )
+            base = runtime_base(s, os.environ)
+            self._private = PrivateService(s.podman, base, s.service_args)
+            self._private.start(ping, s.service_start_timeout)
+            self.url, self.source = self._private.url, "private service"
+        self._client = PodmanClient(
+            base_url=self.url, timeout=s.api_timeout, max_pool_size=self.pool_size
+        )
+        try:
+            self.version = self._client.version()
+            self.info = self._client.info()
+        except APIError as exn:
+            self.close()
+            raise PodmanUnavailable(
+                f"Podman API service at {self.url} answered ping but not version/info:"
+                f" {_explain(exn)}; check `podman info` as this user"
+            ) from None
+        facts = self.facts = podman_facts.from_service(self.version, self.info)
+        notice(
+            logger,
+            _(
+                "podman service",
+                url=self.url,
+                source=self.source,
+                version=facts.version_text or "?",
+                api_version=facts.api_version or "?",
+                rootless=facts.rootless,
+                runtime=facts.runtime,
+                cgroups=facts.cgroup_version,
+                controllers=sorted(facts.cgroup_controllers),
+                network=facts.rootless_network,
+                storage_driver=facts.storage_driver,
+            ),
+        )
+        if facts.unsupported_reason:
+            self.close()
+            raise PodmanUnavailable(facts.unsupported_reason)
+        for what, where in (("graphRoot", facts.graph_root), ("runRoot", facts.run_root)):
+            kind = host_mod.fs_type(where) if where else "unknown"
+            if host_mod.is_network_fs(kind):
+                logger.warning(
+                    _(
+                        f"podman storage ({what}) is on a network file system ({kind}), where"
+                        " rootless container storage breaks or crawls; run `miniwdl-podman"
+                        " doctor --fix` to move it to node-local disk",
+                        path=where,
+                    )
+                )
+        if facts.storage_driver == "vfs":
+            logger.warning(
+                _(
+                    "podman storage driver is vfs: every container copies its whole image;"
+                    ' set driver = "overlay" in ~/.config/containers/storage.conf'
+                    " (then `podman system reset`) where the kernel allows",
+                    graph_root=facts.graph_root,
+                )
+            )
+
+    @property
+    def graph_root(self) -> str:
+        return self.facts.graph_root
+
+    @property
+    def client(self) -> PodmanClient:
+        if self._client is None:
+            raise PodmanUnavailable("internal: Podman engine used before connect()")
+        return self._client
+
+    def recover(self, logger: logging.Logger) -> bool:
+        """After a connection error: is the service back? Restart our private service if it
+        died; wait (up to service_start_timeout) for an external one to come back."""
+        with self._recover_lock:
+            if ping(self.url):
+                return True
+            if self._private is not None:
+                if not self._private.alive():
+                    logger.warning(_("private podman service died; restarting it", url=self.url))
+                    try:
+                        self._private.restart(ping, self.settings.service_start_timeout)
+                    except PodmanUnavailable as exn:
+                        logger.error(_("private podman service restart failed", error=str(exn)))
+                        return False
+                return ping(self.url)
+            logger.warning(
+                _("podman service not answering; waiting for it to come back", url=self.url)
+            )
+            deadline = time.monotonic() + self.settings.service_start_timeout
+            while time.monotonic() < deadline:
+                if ping(self.url):
+                    logger.warning(_("podman service is back", url=self.url))
+                    return True
+                time.sleep(0.5)
+            return False
+
+    def request(
+        self, method: str, path: str, logger: logging.Logger, retries: int = 4, **kwargs: Any
+    ) -> Any:
+        """An idempotent API request, retried after connection errors (once the service is
+        back) and transient server errors, with backoff; other errors are raised."""
+        for attempt in range(retries + 1):
+            try:
+                resp = getattr(self.client.api, method)(path, **kwargs)
+                resp.raise_for_status()
+                return resp
+            except APIError as exn:
+                retry = attempt < retries and (
+                    (_is_connection_error(exn) and self.recover(logger)) or _is_transient(exn)
+                )
+                if not retry:
+                    raise
+                logger.info(
+                    _("podman request failed; retrying", request=f"{method.upper()} {path}",
+                      error=_explain(exn), attempt=attempt + 1)
+                )  # fmt: skip
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        """Close the client and stop the private service, if any (idempotent)."""
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                self._client.close()
+            self._client = None
+        if self._private is not None:
+            self._private.stop()
+            self._private = None
