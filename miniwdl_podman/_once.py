@@ -1,7 +1,9 @@
 """A per-key compute-once cache for concurrent callers (image pulls, builds, identities).
 
-The first caller for a key computes the value; callers arriving meanwhile wait for it; the
-result, or the exception, is kept for every later caller in the process.
+The first caller for a key computes the value; callers arriving meanwhile wait for it. A value
+is kept for every later caller in the process; a failure is shared only with the callers that
+were waiting on it, and the next caller computes again (a registry that was down for one
+attempt of a task is asked again by its retry).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ class Once(Generic[T]):
         try:
             value = compute()
         except BaseException as exn:
+            with self._lock:
+                if self._futures.get(key) is fut:
+                    del self._futures[key]
             fut.set_exception(exn)
             raise
         fut.set_result(value)

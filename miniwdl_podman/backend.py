@@ -119,6 +119,7 @@ class PodmanRootless(PodmanTaskContainer):
         runtime, scheduler = self._runtime, self._scheduler
         if runtime is None or scheduler is None:
             raise PodmanError("podman_rootless backend used before global_init")
+        self._pace_retry(logger, terminating)
         cpu = int(self.runtime_values.get("cpu", 0))
         mem = int(self.runtime_values.get("memory_reservation", 0))
         memory_limit = int(self.runtime_values.get("memory_limit", 0))

@@ -14,16 +14,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, ClassVar, Dict, Iterator, Optional
+import time
+from typing import Any, Callable, ClassVar, Dict, Iterator, Optional
 
 from WDL import Error
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
+from WDL.runtime.error import Terminated
 from WDL.runtime.task_container import TaskContainer
 
-from . import errors, mounts
+from . import _backoff, errors, mounts
 from . import plan as plan_mod
 from . import settings as settings_mod
+from ._logging import notice
 from .errors import PodmanError
 
 
@@ -74,6 +77,26 @@ class PodmanTaskContainer(TaskContainer):
         super().reset(logger)
         # a retry gets a fresh work dir, so it must copy or bind the inputs again
         self._bind_input_files = True
+
+    # -- retries ----------------------------------------------------------------------------
+
+    def _pace_retry(self, logger: logging.Logger, terminating: Callable[[], bool]) -> None:
+        """Before a retry (attempt 2 and later), wait ``retry_wait`` seconds doubling per retry
+        up to ``retry_wait_max``, jittered: something transient (a registry restart, an NFS
+        hiccup, a disk being cleaned) gets time to clear, and tasks that failed together do not
+        retry in lockstep. Stops at once when miniwdl is terminating."""
+        if self.try_counter <= 1:
+            return
+        settings = self.settings()
+        wait = _backoff.delay(self.try_counter - 2, settings.retry_wait, settings.retry_wait_max)
+        if wait <= 0:
+            return
+        notice(logger, _(f"retrying in {wait:.1f} s", attempt=self.try_counter))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if terminating():
+                raise Terminated()
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
     # -- planning ---------------------------------------------------------------------------
 

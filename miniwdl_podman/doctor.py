@@ -174,6 +174,7 @@ class Doctor:
             self.check_podman,
             self.check_uidmap,
             self.check_runtime_dir,
+            self.check_environment,
             self.check_subids,
             self.check_config,
             self.check_service,
@@ -210,7 +211,8 @@ class Doctor:
                 "podman", FAIL, "podman is not on PATH", "install Podman (apt-get install podman)"
             )
             return
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60,
+                             env=processes.podman_environ(os.environ))  # fmt: skip
         self.add("podman", PASS, f"{out.stdout.strip()} ({exe})")
 
     def check_uidmap(self) -> None:
@@ -258,6 +260,25 @@ class Doctor:
             )
         else:
             self.add("runtime dir", PASS, f"XDG_RUNTIME_DIR={xdg}")
+
+    def check_environment(self) -> None:
+        bad = {
+            var: why
+            for var, why in processes.unusable_environment(os.environ).items()
+            if var != "XDG_RUNTIME_DIR"  # the runtime dir check says more about that one
+        }
+        if bad:
+            listed = ", ".join(f"{v}={os.environ[v]} ({why})" for v, why in sorted(bad.items()))
+            self.add(
+                "environment",
+                WARN,
+                f"{listed}: plain Podman may fail with these (Podman 4.3 panics in its image"
+                " look-up with such a TMPDIR); the backend starts Podman without them",
+                f"unset {' '.join(sorted(bad))}, or point them at what exists on this host",
+                data={"unusable": bad},
+            )
+        else:
+            self.add("environment", PASS, "TMPDIR, HOME, XDG_*_HOME and CONTAINERS_* fit this host")
 
     def check_subids(self) -> None:
         uids = host.subid_count(host.read_text("/etc/subuid"), self.user, self.uid)

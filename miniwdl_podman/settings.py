@@ -44,6 +44,8 @@ DESCRIPTIONS: Dict[str, str] = {
     "gpu_concurrency": "how many runtime.gpu tasks may run at once on a host; 0: no limit",
     "coordinate": "share one cpu/memory/GPU budget and image pulls with your other runs",
     "coordination_dir": "per-user dir on local disk for that; empty: /tmp/miniwdl-podman-UID",
+    "retry_wait": "seconds before a task's first retry, doubling per retry (jittered); 0: none",
+    "retry_wait_max": "the longest wait between two attempts of a task, in seconds",
 }
 
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ns|us|ms|s|m)$")
@@ -82,6 +84,8 @@ class Settings:
     gpu_concurrency: int = 1
     coordinate: bool = True
     coordination_dir: str = ""
+    retry_wait: float = 1.0
+    retry_wait_max: float = 60.0
     # miniwdl's own options that the backend needs, read at the same time
     command_shell: str = "/bin/bash"
     as_user: bool = False
@@ -127,6 +131,16 @@ def _number(name: str, value: str, section: str = SECTION) -> float:
     if ans <= 0:
         raise _invalid(name, value, "expected a positive number of seconds", section)
     return ans
+
+
+def _seconds_or_zero(name: str, value: str) -> float:
+    try:
+        seconds_ = float(value)
+    except ValueError:
+        seconds_ = -1.0
+    if not seconds_ >= 0:
+        raise _invalid(name, value, "expected a number of seconds, 0 or more")
+    return seconds_
 
 
 def _bool(name: str, value: str) -> bool:
@@ -188,6 +202,8 @@ def from_mapping(
         "gpu_concurrency": _count("gpu_concurrency", get("gpu_concurrency")),
         "coordinate": _bool("coordinate", get("coordinate")),
         "coordination_dir": get("coordination_dir"),
+        "retry_wait": _seconds_or_zero("retry_wait", get("retry_wait")),
+        "retry_wait_max": _seconds_or_zero("retry_wait_max", get("retry_wait_max")),
         "command_shell": command_shell,
         "as_user": as_user,
     }

@@ -29,6 +29,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime.error import Terminated
 
+from . import _backoff
 from .errors import ContainerFailed
 from .host import pid_alive
 from .settings import SLURM_SECTION, SlurmSettings
@@ -342,8 +343,9 @@ class Slurm:
         meanwhile.
         """
         deadline = time.monotonic() + self.submit_timeout
-        delay = 2.0
         for attempt in itertools.count(1):
+            # 2 s doubling to 30 s, jittered (many tasks submitted together do not retry together)
+            delay = _backoff.delay(attempt - 1, 2.0, 30.0)
             job_id, said = self._sbatch(args)
             if job_id:
                 return job_id
@@ -368,9 +370,8 @@ class Slurm:
                     f" [{SLURM_SECTION}] submit_timeout"
                     f" (env MINIWDL__{SLURM_SECTION.upper()}__SUBMIT_TIMEOUT)"
                 )
-            logger.info(_("trying sbatch again", retry_in_seconds=delay))
+            logger.info(_("trying sbatch again", retry_in_seconds=round(delay, 1)))
             _sleep(delay, terminating)
-            delay = min(delay * 2, 30.0)
         raise AssertionError("unreachable")
 
     def _taken_job(
@@ -499,7 +500,7 @@ class JobWatcher:
 
     def _loop(self) -> None:
         while True:
-            self._wake.wait(self._period)
+            self._wake.wait(_backoff.delay(0, self._period, self._period))
             self._wake.clear()
             with self._lock:
                 jobs = set(self._jobs)

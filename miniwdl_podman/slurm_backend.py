@@ -121,6 +121,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         settings, ss = self.settings(), self._slurm_settings
         if slurm is None or watcher is None or ss is None:
             raise PodmanError("podman_rootless_slurm backend used before global_init")
+        self._pace_retry(logger, terminating)
         cpu = int(self.runtime_values.get("cpu", 0))
         mem = int(self.runtime_values.get("memory_reservation", 0))
         minutes = int(self.runtime_values.get("time_minutes", 0)) or ss.time_minutes

@@ -84,6 +84,11 @@ cat > "$cfg/registries.conf.d/50-miniwdl-podman-test.conf" <<CONF
 [[registry]]
 location = "$TB_REGISTRY"
 insecure = true
+
+# a port where the fault tests put a registry that is down, then up (a relay to the one above)
+[[registry]]
+location = "127.0.0.1:5001"
+insecure = true
 CONF
 chown "$TB_USER:$TB_USER" "$cfg"/*.conf "$cfg"/registries.conf.d/*.conf
 driver=$(tb_as_user podman info --format '{{.Store.GraphDriverName}}' 2>/dev/null || true)

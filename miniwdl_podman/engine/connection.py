@@ -22,12 +22,18 @@ from podman import PodmanClient
 from podman.errors import APIError
 from WDL._util import StructuredLogMessage as _
 
+from .. import _backoff, podman_facts
 from .. import host as host_mod
-from .. import podman_facts
 from .._logging import notice
 from ..errors import PodmanUnavailable
 from ..settings import SECTION, Settings
-from .processes import SOCKET_NAME, PrivateService, runtime_base, unusable_runtime_dir
+from .processes import (
+    SOCKET_NAME,
+    PrivateService,
+    runtime_base,
+    unusable_environment,
+    unusable_runtime_dir,
+)
 
 # (connect, read) timeout for requests that legitimately block for as long as the task runs
 _UNBOUNDED = (30.0, None)
@@ -48,6 +54,27 @@ def _explain(exn: BaseException) -> str:
             text = f"{text}: {type(cause).__name__}"
         return text.strip()
     return f"{type(exn).__name__}: {exn}"
+
+
+_PANIC = ("runtime error:", "nil pointer dereference", "panic:")
+
+
+def is_panic(exn: APIError) -> bool:
+    """A server error whose message is a Go panic: a fault of Podman, not of the request."""
+    text = _explain(exn).lower()
+    return exn.response is not None and exn.is_server_error() and any(p in text for p in _PANIC)
+
+
+def podman_fault(exn: APIError, doing: str) -> str:
+    """The message for a Podman fault (a Go panic in its API service) met while ``doing``."""
+    return (
+        f"Podman's API service crashed while {doing} (a Go panic: {_explain(exn)}): a fault of"
+        " Podman itself, not of the task or the image. A known trigger is an environment that"
+        " does not fit this host when the service started (e.g. TMPDIR naming a directory that"
+        " does not exist: the backend removes such variables for the services it starts; for"
+        " your own service, fix them and restart it); `podman info` as you shows what Podman"
+        " reads, and a newer Podman may not have the bug"
+    )
 
 
 def _is_connection_error(exn: BaseException) -> bool:
@@ -147,6 +174,20 @@ class Connection:
                         XDG_RUNTIME_DIR=unusable,
                     )
                 )
+            others = {
+                var: f"{os.environ[var]} ({why})"
+                for var, why in unusable_environment(os.environ).items()
+                if var != "XDG_RUNTIME_DIR"
+            }
+            if others:
+                logger.warning(
+                    _(
+                        "environment variables that Podman reads name nothing usable here (a"
+                        " login node's, in a batch job? stale, after su?); the Podman processes"
+                        " the backend starts run without them",
+                        **others,
+                    )
+                )
             base = runtime_base(s, os.environ)
             self._private = PrivateService(s.podman, base, s.service_args)
             self._private.start(ping, s.service_start_timeout)
@@ -237,7 +278,7 @@ class Connection:
                 if ping(self.url):
                     logger.warning(_("podman service is back", url=self.url))
                     return True
-                time.sleep(0.5)
+                time.sleep(_backoff.delay(0, 0.5, 0.5))
             return False
 
     def request(
@@ -260,7 +301,7 @@ class Connection:
                     _("podman request failed; retrying", request=f"{method.upper()} {path}",
                       error=_explain(exn), attempt=attempt + 1)
                 )  # fmt: skip
-                time.sleep(min(0.1 * 2**attempt, 2.0))
+                time.sleep(_backoff.delay(attempt, 0.1, 2.0))
         raise AssertionError("unreachable")
 
     def close(self) -> None:

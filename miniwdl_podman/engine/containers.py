@@ -24,8 +24,8 @@ from podman.errors import APIError, NotFound
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime.error import Terminated
 
+from .. import _backoff, libpod
 from .. import host as host_mod
-from .. import libpod
 from .._logging import notice
 from ..errors import ContainerFailed, Interrupted, PodmanUnavailable, hint_for
 from ..settings import seconds
@@ -164,7 +164,7 @@ class Containers:
                     continue
                 if attempt < _CREATE_TRIES and _is_transient(exn):
                     logger.info(_("podman create: transient error, retrying", error=_explain(exn)))
-                    time.sleep(0.05 * 2**attempt)
+                    time.sleep(_backoff.delay(attempt, 0.05, 1.0))
                     continue
                 logger.error(_("podman create failed", name=spec.name, error=_explain(exn)))
                 if _is_connection_error(exn):
@@ -290,7 +290,7 @@ class Containers:
                 logger.warning(
                     _("lost the podman service while waiting; reconnecting", error=_explain(exn))
                 )
-                time.sleep(min(2.0**reconnects * 0.1, 3.0))
+                time.sleep(_backoff.delay(reconnects, 0.1, 3.0))
                 self.conn.recover(logger)
                 continue
             logger.error(_("podman wait failed", name=spec.name, error=_explain(exn)))

@@ -28,9 +28,9 @@ from .. import images as references
 from .. import spec as spec_mod
 from .._logging import notice
 from .._once import Once
-from ..errors import GENERIC_HINT, ContainerFailed, ImagePullFailed, hint_for
+from ..errors import GENERIC_HINT, ContainerFailed, ImagePullFailed, PodmanUnavailable, hint_for
 from ..settings import SECTION
-from .connection import _UNBOUNDED, Connection, _explain
+from .connection import _UNBOUNDED, Connection, _explain, is_panic, podman_fault
 from .containers import Containers
 
 _BUILD_TIMEOUT = 24 * 3600.0
@@ -178,6 +178,8 @@ class Images:
             return pulled
         except APIError as exn:
             logger.error(_("podman image lookup failed", image=image, error=_explain(exn)))
+            if is_panic(exn):
+                raise PodmanUnavailable(podman_fault(exn, f"looking up image {image}")) from None
             raise ImagePullFailed(
                 image, f"cannot look up container image {image}: {_explain(exn)}"
             ) from None

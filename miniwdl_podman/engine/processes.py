@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -70,12 +71,50 @@ def unusable_runtime_dir(environ: Mapping[str, str]) -> Optional[str]:
     return xdg
 
 
+# directories and files Podman reads from the environment; one that is set but names nothing
+# usable (a login node's, exported to a compute node by sbatch; a stale one after su) breaks it
+_DIR_VARS = ("TMPDIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "HOME")
+_FILE_VARS = (
+    "CONTAINERS_CONF",
+    "CONTAINERS_STORAGE_CONF",
+    "CONTAINERS_REGISTRIES_CONF",
+    "CONTAINERS_POLICY_JSON",
+)
+
+
+def unusable_environment(environ: Mapping[str, str]) -> Dict[str, str]:
+    """The variables Podman reads that name nothing usable here → why (an empty dict when all
+    fit): ``XDG_RUNTIME_DIR`` this user cannot write; a directory variable (``TMPDIR``,
+    ``HOME``, ``XDG_*_HOME``) that is not a directory; a ``CONTAINERS_*`` file that is not a
+    file. Podman 4.3 given such a ``TMPDIR`` panics in its image look-up (HTTP 500)."""
+    bad: Dict[str, str] = {}
+    if unusable_runtime_dir(environ) is not None:
+        bad["XDG_RUNTIME_DIR"] = "not a directory you can write"
+    for var in _DIR_VARS:
+        value = environ.get(var)
+        if value is not None and not os.path.isdir(value):
+            bad[var] = "not a directory"
+    for var in _FILE_VARS:
+        value = environ.get(var)
+        if value is not None and not os.path.isfile(value):
+            bad[var] = "not a file"
+    return bad
+
+
 def podman_environ(environ: Mapping[str, str]) -> Dict[str, str]:
     """The environment for the Podman processes the backend starts (a private API service,
-    ``podman unshare``): ``environ`` without an unusable ``XDG_RUNTIME_DIR``."""
+    ``podman unshare``): ``environ`` without the variables :func:`unusable_environment` names
+    (Podman then uses its defaults; an unusable ``HOME`` becomes the user's home from the passwd
+    database, when that is a directory)."""
     env = dict(environ)
-    if unusable_runtime_dir(environ) is not None:
-        del env["XDG_RUNTIME_DIR"]
+    bad = unusable_environment(environ)
+    for var in bad:
+        del env[var]
+    if "HOME" in bad:
+        with contextlib.suppress(KeyError):
+            home = pwd.getpwuid(os.getuid()).pw_dir
+            if os.path.isdir(home):
+                env["HOME"] = home
     return env
 
 

@@ -330,3 +330,30 @@ def test_one_pull_across_concurrent_runs(miniwdl: Miniwdl) -> None:
         logs += err
     assert logs.count("NOTICE image pulled") == 1
     assert foreign_owned(miniwdl.tmp_path) == []
+
+
+def test_environment_that_does_not_fit_this_host_is_handled(miniwdl: Miniwdl) -> None:
+    """TMPDIR and CONTAINERS_CONF naming nothing (a login node's, exported by sbatch): the run
+    works (Podman 4.3's image look-up panics with such a TMPDIR), the log says once which
+    variables Podman runs without, and doctor reports them with the fix."""
+    env = {
+        "TMPDIR": "/nonexistent/miniwdl-podman-tmp",
+        "CONTAINERS_CONF": "/nonexistent/containers.conf",
+        "MINIWDL_CFG": str(miniwdl.cfg),
+    }
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.log()
+    assert log.count("environment variables that Podman reads name nothing usable here") == 1
+    assert 'TMPDIR: "/nonexistent/miniwdl-podman-tmp (not a directory)"' in log
+    assert 'CONTAINERS_CONF: "/nonexistent/containers.conf (not a file)"' in log
+    code, report = doctor(env=env)
+    assert code == 0, report
+    found = check(report, "environment")
+    assert found["status"] == "WARN"
+    assert found["data"]["unusable"] == {
+        "TMPDIR": "not a directory",
+        "CONTAINERS_CONF": "not a file",
+    }
+    assert "unset CONTAINERS_CONF TMPDIR" in found["fix"]
+    assert check(report, "test container (network none)")["status"] == "PASS"

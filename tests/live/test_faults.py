@@ -3,14 +3,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import shutil
 import signal
+import socket
+import socketserver
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Optional, Tuple
 
 import pytest
 
@@ -18,6 +24,7 @@ from .conftest import (
     BASE_IMAGE,
     INDEXED_SCATTER_WDL,
     PULL_IMAGE,
+    REGISTRY,
     Miniwdl,
     containers_under,
     foreign_owned,
@@ -514,3 +521,112 @@ def test_malformed_image_name_fails_with_one_line(miniwdl: Miniwdl) -> None:
     last = res.clean_failure_line()
     assert "invalid container image name 'Bad Image::name'" in last
     assert "pulling image" not in res.log()
+
+
+class _Relay:
+    """A TCP relay from 127.0.0.1:5001 (insecure in the test bed's registries.conf.d) to the
+    test bed's registry: a registry that is down until :meth:`start`."""
+
+    def __init__(self, target: Tuple[str, int]) -> None:
+        self.target = target
+        self.server: Optional[socketserver.ThreadingTCPServer] = None
+
+    def start(self) -> None:
+        target = self.target
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with socket.create_connection(target) as upstream:
+
+                    def pump(src: socket.socket, dst: socket.socket) -> None:
+                        with contextlib.suppress(OSError):
+                            while data := src.recv(65536):
+                                dst.sendall(data)
+                        with contextlib.suppress(OSError):
+                            dst.shutdown(socket.SHUT_WR)
+
+                    back = threading.Thread(target=pump, args=(upstream, self.request))
+                    back.start()
+                    pump(self.request, upstream)
+                    back.join()
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 5001), Pipe)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+RETRIED_WDL = """
+version 1.0
+task t {
+    input { String image }
+    command <<< echo ok >>>
+    output { String out = read_string(stdout()) }
+    runtime {
+        docker: image
+        maxRetries: 2
+    }
+}
+"""
+
+
+def test_registry_down_for_the_first_attempt_is_asked_again_by_the_retry(
+    miniwdl: Miniwdl,
+) -> None:
+    """A pull that failed (registry down) is not remembered: the task's retry, paced by
+    retry_wait, asks the registry again and runs once it is back."""
+    host, _, port = REGISTRY.partition(":")
+    image = "127.0.0.1:5001/miniwdl-podman-test/pullme:2"
+    podman("rmi", "-f", image, check=False)
+    relay = _Relay((host, int(port)))
+    proc, run_dir = miniwdl.start(
+        RETRIED_WDL, f"image={image}", env={"MINIWDL__PODMAN_ROOTLESS__RETRY_WAIT": "3"}
+    )
+    try:
+
+        def task_log() -> str:
+            found = list(run_dir.glob("*/task.log"))
+            return found[0].read_text() if found else ""
+
+        _wait_for(lambda: "image pull failed" in task_log(), what="the first pull to fail")
+        relay.start()  # the registry is back before the retry (at least 1.5 s later)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+        relay.stop()
+        podman("rmi", "-f", image, check=False)
+    assert proc.returncode == 0, stderr[-3000:]
+    log = task_log()
+    assert log.count("image pull failed") == 1
+    assert re.search(r"retrying in \d+\.\d s :: attempt: 2", log), log[-3000:]
+    assert "image pulled" in log
+    assert json.loads(stdout)["outputs"]["t.out"] == "ok"
+
+
+def test_retries_are_paced_and_a_cancel_ends_the_wait(miniwdl: Miniwdl) -> None:
+    """A task failing every attempt waits retry_wait, doubling (jittered, never under half),
+    before each retry; SIGINT during a long wait ends the run at once with no container left."""
+    wdl = RETRIED_WDL.replace("echo ok", "exit 3")
+    res = miniwdl.run(wdl, f"image={BASE_IMAGE}",
+                      env={"MINIWDL__PODMAN_ROOTLESS__RETRY_WAIT": "1"})  # fmt: skip
+    assert res.returncode != 0
+    waits = [float(w) for w in re.findall(r"retrying in (\d+\.\d) s", res.log())]
+    assert len(waits) == 2 and 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 2.0, waits
+    proc, run_dir = miniwdl.start(wdl, f"image={BASE_IMAGE}",
+                                  env={"MINIWDL__PODMAN_ROOTLESS__RETRY_WAIT": "120"})  # fmt: skip
+    try:
+        _wait_for(lambda: any("retrying in" in p.read_text() for p in run_dir.glob("*/task.log")),
+                  what="the retry wait")  # fmt: skip
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+        waited = time.monotonic() - t0
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    assert waited < 30, waited  # not the 60-120 s of the wait

@@ -146,3 +146,27 @@ def test_host_limits_are_positive() -> None:
     limits = resources.host_limits()
     assert limits["cpu"] >= 1
     assert limits["mem_bytes"] > 0
+
+
+def test_environment_naming_nothing_is_left_out_for_podman(tmp_path: Path) -> None:
+    """TMPDIR/XDG_*_HOME that are not directories and CONTAINERS_* that are not files are named
+    and dropped for Podman; HOME falls back to the passwd home; what exists is kept."""
+    conf = tmp_path / "containers.conf"
+    conf.write_text("")
+    env = {
+        "PATH": "/usr/bin",
+        "TMPDIR": str(tmp_path / "gone"),
+        "XDG_CONFIG_HOME": str(tmp_path),
+        "CONTAINERS_CONF": str(conf),
+        "CONTAINERS_STORAGE_CONF": str(tmp_path / "no-storage.conf"),
+        "HOME": str(tmp_path / "no-home"),
+    }
+    assert processes.unusable_environment(env) == {
+        "TMPDIR": "not a directory",
+        "HOME": "not a directory",
+        "CONTAINERS_STORAGE_CONF": "not a file",
+    }
+    kept = processes.podman_environ(env)
+    assert "TMPDIR" not in kept and "CONTAINERS_STORAGE_CONF" not in kept
+    assert kept["XDG_CONFIG_HOME"] == str(tmp_path) and kept["CONTAINERS_CONF"] == str(conf)
+    assert kept["HOME"] == os.path.expanduser("~" + __import__("getpass").getuser())
