@@ -305,13 +305,19 @@ class Doctor:
             self.add("miniwdl config", FAIL, f"{where}: {exn}", "fix the option named above")
             return
         backend = self.cfg.get("scheduler", "container_backend", "docker_swarm")
-        if backend != "podman_rootless":
+        if backend == "podman_rootless_slurm":
+            self.add("miniwdl config", PASS, f"{where}: container_backend ="
+                     " podman_rootless_slurm (tasks run as Slurm jobs; the checks below are of"
+                     " this host's Podman: run `srun miniwdl-podman doctor` for a compute"
+                     " node's)", data={"file": self.cfg_path})  # fmt: skip
+        elif backend != "podman_rootless":
             self.add(
                 "miniwdl config",
                 WARN,
                 f"{where}: container_backend is {backend!r}, so miniwdl will not use this backend",
-                "export MINIWDL__SCHEDULER__CONTAINER_BACKEND=podman_rootless, or set"
-                " container_backend = podman_rootless under [scheduler] in your miniwdl config",
+                "export MINIWDL__SCHEDULER__CONTAINER_BACKEND=podman_rootless (or"
+                " podman_rootless_slurm), or set container_backend = podman_rootless under"
+                " [scheduler] in your miniwdl config",
                 data={"file": self.cfg_path},
             )
         else:

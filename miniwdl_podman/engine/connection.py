@@ -149,6 +149,16 @@ class Connection:
         """Find the user's API socket or start a private service; log which and the version."""
         s = self.settings
         url, source = candidate(s, os.environ)
+        if url and not url.startswith(("unix://", "http+unix://")):
+            raise PodmanUnavailable(
+                f"the Podman API service at {url} (from {source}) is not on this host, and this"
+                " backend needs one that is: inputs are mounted in place from this host's file"
+                " system, task usage is read from this host's /proc and ownership is repaired"
+                " with this host's `podman unshare`; use a unix socket of a service running"
+                f" here, or leave [{SECTION}] socket empty (and unset CONTAINER_HOST) for a"
+                " private service. To run tasks on other hosts, use the podman_rootless_slurm"
+                " backend"
+            )
         if s.service != "private" and url and ping(url):
             self.url, self.source = url, source
         elif s.service == "external":

@@ -357,3 +357,15 @@ def test_environment_that_does_not_fit_this_host_is_handled(miniwdl: Miniwdl) ->
     }
     assert "unset CONTAINERS_CONF TMPDIR" in found["fix"]
     assert check(report, "test container (network none)")["status"] == "PASS"
+
+
+def test_doctor_knows_the_slurm_backend(tmp_path: Path) -> None:
+    """With podman_rootless_slurm selected, doctor says so (no 'miniwdl will not use this
+    backend') and points at running it on a compute node."""
+    cfg = tmp_path / "slurm.cfg"
+    cfg.write_text("[scheduler]\ncontainer_backend = podman_rootless_slurm\n")
+    code, report = doctor(env={"MINIWDL_CFG": str(cfg)})
+    assert code == 0, report
+    config = check(report, "miniwdl config")
+    assert config["status"] == "PASS" and "podman_rootless_slurm" in config["detail"]
+    assert "srun miniwdl-podman doctor" in config["detail"]

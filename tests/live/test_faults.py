@@ -630,3 +630,19 @@ def test_retries_are_paced_and_a_cancel_ends_the_wait(miniwdl: Miniwdl) -> None:
         proc.kill()
     assert proc.returncode != 0
     assert waited < 30, waited  # not the 60-120 s of the wait
+
+
+@pytest.mark.parametrize(
+    ("where", "url"),
+    [("MINIWDL__PODMAN_ROOTLESS__SOCKET", "tcp://127.0.0.1:1"),
+     ("CONTAINER_HOST", "ssh://someone@login.example/run/user/1000/podman/podman.sock")],
+)  # fmt: skip
+def test_a_service_on_another_host_is_refused_with_why(
+    miniwdl: Miniwdl, where: str, url: str
+) -> None:
+    """ssh:// and tcp:// services are refused before anything runs, naming why (in-place
+    mounts, /proc sampling, podman unshare need this host) and what to use instead."""
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env={where: url})
+    line = res.clean_failure_line()
+    assert f"the Podman API service at {url}" in line and "is not on this host" in line
+    assert "unix socket" in line and "podman_rootless_slurm" in line
