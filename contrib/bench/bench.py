@@ -268,7 +268,8 @@ def write_doc(out: Path, lanes: List[Tuple[str, Dict[str, object]]]) -> None:
         "other on the same machine, every row of a lane side by side: same image",
         f"(`{IMAGE}`, busybox + bash), storage and network (`none` for the CLI, podman-py and",
         "podman_rootless rows; the built-in backend has no network option and uses Podman's",
-        "default). Median ± half the range over the repetitions. Scatter rows are `miniwdl run`",
+        f"default). Median ± half the range over {lanes[0][1].get('reps', '?')} repetitions."
+        " Scatter rows are `miniwdl run`",
         "wall time divided by the number of tasks (so they include miniwdl's own start-up and",
         "per-task work). In brackets: the ratio to the CLI floor (row 1) and, for our rows, how",
         "much faster than miniwdl's built-in backend (row 4) at the same concurrency.",
