@@ -23,7 +23,7 @@ import uuid
 from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import ConfigError
-from .host import pid_alive, private_dir
+from .host import pid_alive, private_dir, start_time
 from .resources import Reservation, Scheduler
 from .settings import SECTION
 
@@ -67,7 +67,11 @@ def locked(path: str) -> Iterator[None]:
 
 def live_entries(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Ledger entries whose process still runs."""
-    return [e for e in entries if isinstance(e.get("pid"), int) and pid_alive(e["pid"])]
+    return [
+        e
+        for e in entries
+        if isinstance(e.get("pid"), int) and pid_alive(e["pid"], str(e.get("started") or ""))
+    ]
 
 
 def scheduler(
@@ -135,6 +139,7 @@ class SharedReservation(Reservation):
         entry = {
             "id": uuid.uuid4().hex,
             "pid": os.getpid(),
+            "started": start_time(os.getpid()),
             "cpu": self.cpu,
             "mem": self.mem_bytes,
             "gpu": self.gpu,

@@ -106,14 +106,32 @@ def tun_usable(path: str = "/dev/net/tun") -> bool:
     return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (someone else's counts as alive)."""
+def start_time(pid: int) -> str:
+    """When process ``pid`` started, in clock ticks since boot (``/proc/PID/stat`` field 22),
+    as text; "" if it cannot be read. A pid and its start time name one process: a pid that
+    was recycled by a later process has another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read().decode("ascii", errors="replace")
+    except OSError:
+        return ""
+    # the command name (field 2) is in parentheses and may hold spaces or parentheses itself
+    fields = stat[stat.rfind(")") + 2 :].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def pid_alive(pid: int, started: str = "") -> bool:
+    """Whether process ``pid`` exists on this host (someone else's counts as alive) and, when
+    ``started`` is given (:func:`start_time` when it was recorded), is still that process."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    if started:
+        now = start_time(pid)
+        return not now or now == started
     return True
 
 

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from . import host
 from . import identity as identity_mod
 from .mounts import Mount
 from .settings import Settings
@@ -22,6 +23,7 @@ from .settings import Settings
 LABEL_PREFIX = "io.github.miniwdl-podman"
 LABEL_RUN = f"{LABEL_PREFIX}.run_id"
 LABEL_PID = f"{LABEL_PREFIX}.pid"
+LABEL_PID_STARTED = f"{LABEL_PREFIX}.pid_started"
 LABEL_HOST = f"{LABEL_PREFIX}.host"
 LABEL_TASK_DIR = f"{LABEL_PREFIX}.task_dir"
 LABEL_PROBE = f"{LABEL_PREFIX}.probe"
@@ -58,6 +60,7 @@ def labels(run_id: str, task_dir: str) -> Dict[str, str]:
     return {
         LABEL_RUN: run_id,
         LABEL_PID: str(os.getpid()),
+        LABEL_PID_STARTED: host.start_time(os.getpid()),
         LABEL_HOST: socket.gethostname(),
         LABEL_TASK_DIR: task_dir,
     }

@@ -29,7 +29,7 @@ from .. import host as host_mod
 from .._logging import notice
 from ..errors import ContainerFailed, Interrupted, PodmanUnavailable, hint_for
 from ..settings import seconds
-from ..spec import LABEL_HOST, LABEL_PID, ContainerSpec
+from ..spec import LABEL_HOST, LABEL_PID, LABEL_PID_STARTED, ContainerSpec
 from .connection import (
     _CREATE_TRIES,
     _UNBOUNDED,
@@ -51,9 +51,10 @@ class Exit:
     oom_killed: bool = False
 
 
-def _left_by_dead_process(pid_label: str) -> bool:
-    """Whether a container's pid label names a process that no longer exists here."""
-    return pid_label.isdigit() and not host_mod.pid_alive(int(pid_label))
+def _left_by_dead_process(pid_label: str, started_label: str = "") -> bool:
+    """Whether a container's labels name a process that no longer exists here (its pid gone,
+    or taken by a later process: another start time)."""
+    return pid_label.isdigit() and not host_mod.pid_alive(int(pid_label), started_label)
 
 
 class Containers:
@@ -370,7 +371,10 @@ class Containers:
             c
             for c in resp.json() or []
             if (c.get("Labels") or {}).get(LABEL_HOST) == hostname
-            and _left_by_dead_process((c.get("Labels") or {}).get(LABEL_PID, ""))
+            and _left_by_dead_process(
+                (c.get("Labels") or {}).get(LABEL_PID, ""),
+                (c.get("Labels") or {}).get(LABEL_PID_STARTED, ""),
+            )
         ]
 
     def dead_run_containers(self, logger: logging.Logger) -> List[str]:

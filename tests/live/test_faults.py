@@ -646,3 +646,47 @@ def test_a_service_on_another_host_is_refused_with_why(
     line = res.clean_failure_line()
     assert f"the Podman API service at {url}" in line and "is not on this host" in line
     assert "unix socket" in line and "podman_rootless_slurm" in line
+
+
+TRUE_WDL = (
+    "version 1.0\ntask t { input { String image } command <<< true >>>"
+    " runtime { docker: image cpu: 1 } }"
+)
+
+
+def test_a_recycled_pid_does_not_keep_a_dead_runs_reservation(miniwdl: Miniwdl) -> None:
+    """A ledger entry of a dead run whose pid now belongs to another live process (this test's
+    own, with another start time) holds nothing: the next run's task is not kept waiting."""
+    from miniwdl_podman import budget
+
+    ledger = Path(budget.default_dir(os.geteuid())) / budget.LEDGER
+    ledger.parent.mkdir(mode=0o700, exist_ok=True)
+    dead_run = {"id": "recycled-pid", "pid": os.getpid(), "started": "1", "cpu": 1 << 16,
+                "mem": 1 << 50, "gpu": 0}  # fmt: skip
+    ledger.write_text(json.dumps([dead_run]))
+    try:
+        res = miniwdl.run(TRUE_WDL, f"image={BASE_IMAGE}", timeout=120)
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            ledger.write_text(json.dumps([e for e in json.loads(ledger.read_text())
+                                          if e.get("id") != "recycled-pid"]))  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_a_container_whose_run_pid_was_recycled_is_reaped(miniwdl: Miniwdl, tmp_path: Path) -> None:
+    """A container labelled with a pid that a later process now has (this test's own, with
+    another start time) was left by a dead run: the next run removes it."""
+    name = f"mwp-recycled-{uuid.uuid4().hex[:8]}"
+    podman("create", "--name", name, "--network", "none",
+           "--label", f"io.github.miniwdl-podman.pid={os.getpid()}",
+           "--label", "io.github.miniwdl-podman.pid_started=1",
+           "--label", f"io.github.miniwdl-podman.host={socket.gethostname()}",
+           "--label", f"io.github.miniwdl-podman.task_dir={tmp_path}/left",
+           BASE_IMAGE, "true")  # fmt: skip
+    try:
+        res = miniwdl.run(TRUE_WDL, f"image={BASE_IMAGE}")
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "removed containers left by dead miniwdl runs :: count: 1" in res.stderr
+        assert podman("container", "exists", name, check=False).returncode == 1
+    finally:
+        podman("rm", "-f", name, check=False)

@@ -148,3 +148,16 @@ def test_gpu_slots_another_run_holds_never_stop_tasks_without_gpu(tmp_path: Path
     held = generous.reserve(1, 0, gpu=True), generous.reserve(1, 0, gpu=True)
     with held[0], held[1], strict.reserve(1, 0) as r:
         assert r.waited < 0.1
+
+
+def test_a_pid_with_another_start_time_is_another_process() -> None:
+    """pid_alive with a recorded start time: the same process is alive, a recycled pid (same
+    number, another start time) is not; no start time recorded: the pid alone decides."""
+    from miniwdl_podman import host as host_mod
+
+    me = os.getpid()
+    started = host_mod.start_time(me)
+    assert started.isdigit()
+    assert host_mod.pid_alive(me, started) and host_mod.pid_alive(me)
+    assert not host_mod.pid_alive(me, str(int(started) + 1))
+    assert not host_mod.pid_alive(999_999_999, started)
