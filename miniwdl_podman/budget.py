@@ -23,7 +23,7 @@ import uuid
 from typing import Any, Dict, Iterator, List, Optional
 
 from .errors import ConfigError
-from .host import pid_alive, private_dir, start_time
+from .host import own_start_time, pid_alive, private_dir
 from .resources import Reservation, Scheduler
 from .settings import SECTION
 
@@ -139,7 +139,7 @@ class SharedReservation(Reservation):
         entry = {
             "id": uuid.uuid4().hex,
             "pid": os.getpid(),
-            "started": start_time(os.getpid()),
+            "started": own_start_time(),
             "cpu": self.cpu,
             "mem": self.mem_bytes,
             "gpu": self.gpu,

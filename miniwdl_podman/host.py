@@ -7,6 +7,7 @@ pure (functions of a file's text), so it is unit-tested without the files.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from typing import Dict, Optional, Tuple
@@ -118,6 +119,17 @@ def start_time(pid: int) -> str:
     # the command name (field 2) is in parentheses and may hold spaces or parentheses itself
     fields = stat[stat.rfind(")") + 2 :].split()
     return fields[19] if len(fields) > 19 else ""
+
+
+@functools.cache
+def _own_start_time(pid: int) -> str:
+    return start_time(pid)
+
+
+def own_start_time() -> str:
+    """This process's :func:`start_time`, read once (it is recorded with every task's labels
+    and ledger entry)."""
+    return _own_start_time(os.getpid())
 
 
 def pid_alive(pid: int, started: str = "") -> bool:

@@ -60,7 +60,7 @@ def labels(run_id: str, task_dir: str) -> Dict[str, str]:
     return {
         LABEL_RUN: run_id,
         LABEL_PID: str(os.getpid()),
-        LABEL_PID_STARTED: host.start_time(os.getpid()),
+        LABEL_PID_STARTED: host.own_start_time(),
         LABEL_HOST: socket.gethostname(),
         LABEL_TASK_DIR: task_dir,
     }

@@ -158,6 +158,7 @@ def test_a_pid_with_another_start_time_is_another_process() -> None:
     me = os.getpid()
     started = host_mod.start_time(me)
     assert started.isdigit()
+    assert host_mod.own_start_time() == started
     assert host_mod.pid_alive(me, started) and host_mod.pid_alive(me)
     assert not host_mod.pid_alive(me, str(int(started) + 1))
     assert not host_mod.pid_alive(999_999_999, started)
