@@ -3,6 +3,6 @@
 
 import sys
 
-from .doctor import cli
+from .cli import main
 
-sys.exit(cli())
+sys.exit(main())

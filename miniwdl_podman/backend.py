@@ -17,13 +17,14 @@ from typing import Callable, ClassVar, Dict, Optional
 
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
+from WDL.runtime.error import Terminated
 
-from . import __version__, budget, identity, launch, resources
+from . import __version__, budget, capacity, exits, gpu, identity
 from . import plan as plan_mod
 from ._logging import notice
 from .base import PodmanTaskContainer
 from .engine import pool_size_for
-from .errors import PodmanError
+from .errors import BackendError
 from .runtime import Runtime, open_runtime
 
 
@@ -32,7 +33,7 @@ class PodmanRootless(PodmanTaskContainer):
 
     _runtime: ClassVar[Optional[Runtime]] = None
     _limits: ClassVar[Dict[str, int]] = {}
-    _scheduler: ClassVar[Optional[resources.Scheduler]] = None
+    _scheduler: ClassVar[Optional[budget.Scheduler]] = None
     _limits_lock: ClassVar[threading.Lock] = threading.Lock()
     _limits_notice_done: ClassVar[bool] = False
 
@@ -90,7 +91,7 @@ class PodmanRootless(PodmanTaskContainer):
     def detect_resource_limits(cls, cfg: config.Loader, logger: logging.Logger) -> Dict[str, int]:
         with cls._limits_lock:
             if not cls._limits:
-                cls._limits = resources.host_limits()
+                cls._limits = capacity.host_capacity()
                 logger.info(_("detected host resources", **cls._limits))
         return cls._limits
 
@@ -118,16 +119,16 @@ class PodmanRootless(PodmanTaskContainer):
     def _run(self, logger: logging.Logger, terminating: Callable[[], bool], command: str) -> int:
         runtime, scheduler = self._runtime, self._scheduler
         if runtime is None or scheduler is None:
-            raise PodmanError("podman_rootless backend used before global_init")
+            raise BackendError("podman_rootless backend used before global_init")
         self._pace_retry(logger, terminating)
         cpu = int(self.runtime_values.get("cpu", 0))
         mem = int(self.runtime_values.get("memory_reservation", 0))
         memory_limit = int(self.runtime_values.get("memory_limit", 0))
-        gpu = bool(self.runtime_values.get("gpu", False))
-        if gpu:
-            launch.gpu_devices(runtime.settings)  # fail before waiting for resources
+        wants_gpu = bool(self.runtime_values.get("gpu", False))
+        if wants_gpu:
+            gpu.gpu_devices(runtime.settings)  # fail before waiting for resources
         with ExitStack() as cleanup:
-            reservation = cleanup.enter_context(scheduler.reserve(cpu, mem, gpu))
+            reservation = cleanup.enter_context(scheduler.reserve(cpu, mem, wants_gpu))
             logger.info(
                 _(
                     "provisioned",
@@ -137,22 +138,20 @@ class PodmanRootless(PodmanTaskContainer):
                     gpu_slot=reservation.gpu,
                 )
             )
-            plan = self._plan(logger, command, self._hard_limits(logger, cpu, memory_limit))
+            plan = self._task_plan(logger, command, self._hard_limits(logger, cpu, memory_limit))
             poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
-            outcome = runtime.launcher.run(
-                plan,
-                logger,
-                terminating,
-                poll=poll_stderr,
-                running=lambda: cleanup.enter_context(self.task_running_context()),
-            )
-        launch.report_usage(logger, outcome)
+            with runtime.launcher.start(plan, logger) as task:
+                cleanup.enter_context(self.task_running_context())
+                while (outcome := task.wait(1.0)) is None:
+                    poll_stderr()
+                    if terminating():
+                        task.kill()
+                        raise Terminated()
+            poll_stderr()
+        self._report_usage(logger, outcome)
         runtime.launcher.settle_ownership(plan.writable, logger)
         if not self.success_exit_code(outcome.exit.code):
             self._explain_failure(logger)
-            info = launch.explain_exit(
-                outcome, mem, memory_limit, runtime.enforcement.memory, logger
-            )
-            if info:
-                self.failure_info = info
+            memory = exits.MemoryContext(mem, memory_limit, runtime.enforcement.memory)
+            self._explain_kill(logger, outcome, memory)
         return outcome.exit.code

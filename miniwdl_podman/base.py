@@ -23,18 +23,18 @@ from WDL.runtime import config
 from WDL.runtime.error import Terminated
 from WDL.runtime.task_container import TaskContainer
 
-from . import _backoff, errors, mounts
+from . import _backoff, errors, exits, mounts
 from . import plan as plan_mod
 from . import settings as settings_mod
 from ._logging import notice
-from .errors import PodmanError
+from .errors import BackendError
 
 
 class PodmanTaskContainer(TaskContainer):
     """The shared base of the local and the Slurm backend (not a backend itself)."""
 
     _settings: ClassVar[Optional[settings_mod.Settings]] = None
-    _init_error: ClassVar[Optional[PodmanError]] = None
+    _init_error: ClassVar[Optional[BackendError]] = None
     _selinux_enforcing: ClassVar[bool] = False
 
     _bind_input_files: bool = True
@@ -52,17 +52,17 @@ class PodmanTaskContainer(TaskContainer):
     @classmethod
     @contextlib.contextmanager
     def _remembering_init_error(cls) -> Iterator[None]:
-        """Remember a PodmanError raised while initialising, for every later task."""
+        """Remember a BackendError raised while initialising, for every later task."""
         try:
             yield
-        except PodmanError as exn:
+        except BackendError as exn:
             cls._init_error = exn
             raise
 
     @classmethod
     def settings(cls) -> settings_mod.Settings:
         if cls._settings is None:
-            raise PodmanError(f"{cls.__name__} backend used before global_init")
+            raise BackendError(f"{cls.__name__} backend used before global_init")
         return cls._settings
 
     # -- inputs -----------------------------------------------------------------------------
@@ -129,13 +129,13 @@ class PodmanTaskContainer(TaskContainer):
                     if not os.path.exists(host_mount_point.rstrip("/")):
                         self.touch_mount_point(host_mount_point)
         except OSError as exn:
-            raise PodmanError(
+            raise BackendError(
                 f"cannot prepare the task's files in {self.host_dir}: {exn.strerror}"
                 f" ({exn.filename}); free space there or make it writable, or run elsewhere"
                 " (miniwdl run --dir)"
             ) from None
 
-    def _plan(
+    def _task_plan(
         self, logger: logging.Logger, command: str, limits: Dict[str, int]
     ) -> plan_mod.TaskPlan:
         """Write the task's files and plan its container (everything decided before its image
@@ -163,7 +163,30 @@ class PodmanTaskContainer(TaskContainer):
             limits=limits,
         )
 
-    # -- failures ---------------------------------------------------------------------------
+    # -- the end of a task ------------------------------------------------------------------
+
+    @staticmethod
+    def _report_usage(logger: logging.Logger, outcome: exits.Outcome) -> None:
+        """Log the task's peak memory and CPU time (``task resource usage``)."""
+        fields = outcome.usage_fields()
+        if fields:
+            notice(logger, _("task resource usage", **fields))
+        else:
+            logger.debug(_("task resource usage not sampled: the task ended within a second"))
+
+    def _explain_kill(
+        self, logger: logging.Logger, outcome: exits.Outcome, memory: exits.MemoryContext
+    ) -> None:
+        """For a task killed by SIGKILL/OOM: log the explanation and set miniwdl's
+        failure_info."""
+        killed = exits.explain_kill(outcome.exit.code, outcome.exit.oom_killed, memory)
+        if not killed:
+            return
+        peak = {"peak_rss_mib": round(outcome.peak_rss / 2**20)} if outcome.samples else {}
+        logger.error(
+            _(killed, exit_code=outcome.exit.code, oom_killed=outcome.exit.oom_killed, **peak)
+        )
+        self.failure_info = {"explanation": killed, "oom_killed": outcome.exit.oom_killed}
 
     def _explain_failure(self, logger: logging.Logger) -> None:
         """Explain well-known causes visible in the failed task's stderr and work dir (full

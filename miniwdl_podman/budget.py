@@ -1,4 +1,8 @@
-"""Per-user coordination between concurrent miniwdl processes on one node.
+"""Reservations: the scheduler of one process, and its coordination with the user's other runs.
+
+:class:`Scheduler` reserves each running task's cpu and memory (and a GPU slot for a
+``runtime.gpu`` task) so that the tasks running at once never oversubscribe the capacity
+(:mod:`~miniwdl_podman.capacity`) it was given.
 
 Two ``miniwdl run``s of the same user on a login node would each assume the whole node; with
 ``[podman_rootless] coordinate = true`` (the default) they share one budget of CPUs, memory
@@ -20,19 +24,79 @@ import os
 import threading
 import time
 import uuid
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .errors import ConfigError
-from .host import own_start_time, pid_alive, private_dir
-from .resources import Reservation, Scheduler
+from .host import own_start_time, pid_alive
 from .settings import SECTION
 
+
+class Scheduler:
+    """Reserve cpu, memory and a GPU slot for each running task; wait while the host is full.
+
+    ``gpu_slots`` is how many ``runtime.gpu`` tasks may run at once (each is given every
+    configured GPU device, so the default of one keeps them from sharing GPUs); 0: no limit.
+    """
+
+    def __init__(self, cpu: int, mem_bytes: int, gpu_slots: int = 0) -> None:
+        self.cpu = cpu
+        self.mem_bytes = mem_bytes
+        self.gpu_slots = gpu_slots
+        self._used_cpu = 0
+        self._used_mem = 0
+        self._used_gpu = 0
+        self._cv = threading.Condition()
+
+    def reserve(self, cpu: int, mem_bytes: int, gpu: bool = False) -> Reservation:
+        """A reservation (a context manager) of the task's share, capped at the whole host."""
+        gpu_slot = 1 if gpu and self.gpu_slots else 0
+        return Reservation(self, min(cpu, self.cpu), min(mem_bytes, self.mem_bytes), gpu_slot)
+
+    def fits(self, cpu: int, mem_bytes: int, gpu: int, used: Tuple[int, int, int]) -> bool:
+        """Whether a reservation fits beside what is ``used`` (cpu, memory, GPU slots). The GPU
+        bound applies only to a reservation that takes a slot: slots held elsewhere (another
+        run's, perhaps allowed more) never hold back a task that asks for no GPU."""
+        return (
+            used[0] + cpu <= self.cpu
+            and used[1] + mem_bytes <= self.mem_bytes
+            and (not gpu or used[2] + gpu <= self.gpu_slots)
+        )
+
+
+class Reservation:
+    """A context manager holding one task's reservation; ``waited`` is seconds spent queued."""
+
+    def __init__(self, scheduler: Scheduler, cpu: int, mem_bytes: int, gpu: int = 0) -> None:
+        self.scheduler = scheduler
+        self.cpu = max(0, cpu)
+        self.mem_bytes = max(0, mem_bytes)
+        self.gpu = max(0, gpu)
+        self.waited = 0.0
+
+    def __enter__(self) -> Reservation:
+        s = self.scheduler
+        t0 = time.monotonic()
+        with s._cv:
+            while not s.fits(
+                self.cpu, self.mem_bytes, self.gpu, (s._used_cpu, s._used_mem, s._used_gpu)
+            ):
+                s._cv.wait()
+            s._used_cpu += self.cpu
+            s._used_mem += self.mem_bytes
+            s._used_gpu += self.gpu
+        self.waited = time.monotonic() - t0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        s = self.scheduler
+        with s._cv:
+            s._used_cpu -= self.cpu
+            s._used_mem -= self.mem_bytes
+            s._used_gpu -= self.gpu
+            s._cv.notify_all()
+
+
 LEDGER = "budget.json"
-
-
-def default_dir(uid: int) -> str:
-    """The per-user coordination directory on local disk."""
-    return private_dir(uid)
 
 
 def ensure_private_dir(path: str) -> str:

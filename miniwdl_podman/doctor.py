@@ -1,52 +1,38 @@
-"""``miniwdl-podman doctor``: check that rootless Podman works here for miniwdl, and fix it.
+"""``miniwdl-podman doctor``'s checks: does rootless Podman work here for miniwdl?
 
-Each check reports PASS, WARN, FAIL (or INFO) with the exact fix. ``--fix`` applies what a user
-can fix without root, backing up every file it changes (``FILE.bak-<time>``):
-
-- crun configured on a cgroup v1 host → ``runtime = "runc"`` in ~/.config/containers/containers.conf
-- container storage on a network file system, or the slow vfs driver → a node-local graphroot
-  with the overlay driver in ~/.config/containers/storage.conf (a fresh store: images are
-  pulled again; the old store is left as it was)
-- rootless networking unusable (/dev/net/tun) → ``[podman_rootless] network = none`` in the
-  miniwdl config
-- containers left by dead miniwdl runs → removed
-
-The checks go through the same code as the backend (settings, the runtime assembly, the task
-plan and the launcher: the test container is a task's), so "PASS" means what a ``miniwdl run``
-will meet.
+Each check reports PASS, WARN, FAIL (or INFO) with the exact fix, and names the ``--fix``
+action that applies (:mod:`~miniwdl_podman.doctor_fixes` does them; the command line is
+:mod:`~miniwdl_podman.cli`). The checks go through the same code as the backend (settings, the
+runtime assembly, the task plan and the launcher: the test container is a task's), so "PASS"
+means what a ``miniwdl run`` will meet.
 """
 
 from __future__ import annotations
 
-import argparse
-import configparser
-import json
 import logging
 import os
 import pwd
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from WDL.runtime import config as wdl_config
 
-from . import budget, host, identity, mounts, resources
+from . import host, identity, mounts, podman_facts, storage
 from . import plan as plan_mod
 from . import settings as settings_mod
 from .engine import Engine, ImageRef, processes
-from .errors import PodmanError, hint_for
+from .errors import BackendError, hint_for
 from .runtime import Runtime, open_runtime
 from .settings import SECTION
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
 
@@ -61,94 +47,6 @@ class Check:
     fix: str = ""
     action: Optional[str] = None  # the --fix action that applies, if any
     data: Dict[str, Any] = field(default_factory=dict)
-
-
-def containers_config_dir() -> str:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return os.path.join(base, "containers")
-
-
-# -- TOML editing (containers.conf / storage.conf) ----------------------------------------------
-
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def _toml_key(k: str) -> str:
-    return k if _BARE_KEY.match(k) else json.dumps(k)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list) and all(not isinstance(x, dict) for x in v):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise ValueError(f"cannot write {type(v).__name__} values")
-
-
-def dump_toml(data: Dict[str, Any]) -> str:
-    """A TOML document for nested tables of scalars and scalar lists (what these files hold)."""
-    lines: List[str] = []
-
-    def table(prefix: str, d: Dict[str, Any]) -> None:
-        simple = {k: v for k, v in d.items() if not isinstance(v, dict)}
-        nested = {k: v for k, v in d.items() if isinstance(v, dict)}
-        if prefix and (simple or not nested):
-            lines.append(f"[{prefix}]")
-        for k, v in simple.items():
-            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        if prefix and (simple or not nested):
-            lines.append("")
-        for k, v in nested.items():
-            table(f"{prefix}.{_toml_key(k)}" if prefix else _toml_key(k), v)
-
-    table("", data)
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def backup(path: str) -> Optional[str]:
-    """Copy ``path`` aside before changing it; the backup's path (None if it did not exist)."""
-    if not os.path.exists(path):
-        return None
-    dest = f"{path}.bak-{time.strftime('%Y%m%d-%H%M%S')}"
-    shutil.copy2(path, dest)
-    return dest
-
-
-def update_toml(path: str, updates: Dict[str, Dict[str, Any]]) -> str:
-    """Set ``{table: {key: value}}`` (dotted table names) in a TOML file; describe the change."""
-    data: Dict[str, Any] = {}
-    if os.path.exists(path):
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    for table, values in updates.items():
-        node = data
-        for part in table.split("."):
-            node = node.setdefault(part, {})
-        node.update(values)
-    text = dump_toml(data)  # raises for content this writer cannot reproduce
-    saved = backup(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(f"# updated by `miniwdl-podman doctor --fix` on {time.ctime()}\n" + text)
-    return f"wrote {path}" + (f" (backup: {saved})" if saved else "")
-
-
-def update_miniwdl_cfg(path: str, section: str, key: str, value: str) -> str:
-    parser = configparser.ConfigParser()
-    if os.path.exists(path):
-        parser.read(path)
-    if not parser.has_section(section):
-        parser.add_section(section)
-    parser.set(section, key, value)
-    saved = backup(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        parser.write(f)
-    return f"set [{section}] {key} = {value} in {path}" + (f" (backup: {saved})" if saved else "")
 
 
 # -- the checks ---------------------------------------------------------------------------------
@@ -230,7 +128,7 @@ class Doctor:
     def check_runtime_dir(self) -> None:
         xdg = os.environ.get("XDG_RUNTIME_DIR")
         if not xdg:
-            base = budget.default_dir(self.uid)
+            base = host.private_dir(self.uid)
             self.add(
                 "runtime dir",
                 WARN,
@@ -301,7 +199,7 @@ class Doctor:
         where = self.cfg_path or "no miniwdl config file (defaults and environment only)"
         try:
             self.settings = settings_mod.load(self.cfg)
-        except PodmanError as exn:
+        except BackendError as exn:
             self.add("miniwdl config", FAIL, f"{where}: {exn}", "fix the option named above")
             return
         backend = self.cfg.get("scheduler", "container_backend", "docker_swarm")
@@ -331,7 +229,7 @@ class Doctor:
         try:
             # leftovers are reported (and removed by --fix), not reaped by a check
             self.runtime = open_runtime(self.settings, self.logger, reap=False)
-        except PodmanError as exn:
+        except BackendError as exn:
             self.add("api service", FAIL, str(exn), hint_for(str(exn)))
             return
         engine = self.runtime.engine
@@ -369,29 +267,13 @@ class Doctor:
         driver = str(store.get("graphDriverName", "?"))
         graph = str(store.get("graphRoot", ""))
         run = str(store.get("runRoot", ""))
-        kinds = {p: host.fs_type(p) for p in (graph, run) if p}
-        remote = [f"{p} ({k})" for p, k in kinds.items() if host.is_network_fs(k)]
+        kinds = storage.fs_types(graph, run, host.fs_type)
         data = {"driver": driver, "graphroot": graph, "runroot": run, "fs_types": kinds}
-        if remote:
-            self.add(
-                "storage location",
-                FAIL,
-                f"container storage on a network file system: {', '.join(remote)}; rootless"
-                " storage there breaks (no user-namespaced ownership, no xattrs) or crawls",
-                "move it to node-local disk (graphroot in ~/.config/containers/storage.conf);"
-                " `--fix` does",
-                action="storage",
-                data=data,
-            )
-        elif kinds.get(graph) == "tmpfs":
-            self.add(
-                "storage location",
-                WARN,
-                f"container images live on tmpfs ({graph}): they use memory and vanish at reboot",
-                "move the graphroot to node-local disk; `--fix` does",
-                action="storage",
-                data=data,
-            )
+        findings = {f.topic: f for f in storage.judge(graph, run, driver, host.fs_type)}
+        where = findings.get("location")
+        if where is not None:
+            self.add("storage location", FAIL if where.severe else WARN, where.problem, where.fix,
+                     action="storage", data=data)  # fmt: skip
         else:
             self.add("storage location", PASS,
                      ", ".join(f"{p} ({k})" for p, k in kinds.items()), data=data)  # fmt: skip
@@ -406,15 +288,9 @@ class Doctor:
                 )
             else:
                 self.add("storage space", PASS, f"{free >> 30} GiB free under {graph}")
-        if driver == "vfs":
-            self.add(
-                "storage driver",
-                WARN,
-                "vfs: every container copies its whole image (seconds per task)",
-                'use the overlay driver: driver = "overlay" in ~/.config/containers/storage.conf'
-                " with a fresh graphroot; `--fix` does",
-                action="storage",
-            )
+        vfs = findings.get("driver")
+        if vfs is not None:
+            self.add("storage driver", WARN, vfs.problem, vfs.fix, action="storage")
         else:
             self.add("storage driver", PASS, driver)
 
@@ -422,7 +298,7 @@ class Doctor:
         if self.engine is None:
             return
         facts = self.engine.facts
-        enf = resources.enforcement(facts)
+        enf = podman_facts.enforcement(facts)
         ctl = ",".join(sorted(facts.cgroup_controllers)) or "none"
         what = f"cgroup {facts.cgroup_version}, controllers delegated: {ctl}"
         data = {"version": facts.cgroup_version, "controllers": sorted(facts.cgroup_controllers)}
@@ -477,7 +353,7 @@ class Doctor:
             return
         try:
             image = self._test_image()
-        except PodmanError as exn:
+        except BackendError as exn:
             self.add("test container", FAIL, str(exn), "pass --image with an image you can pull")
             return
         if image is None:
@@ -495,9 +371,11 @@ class Doctor:
                 label = f"test container (network {network or 'default'})"
                 task_plan = _test_task(tmp, network or "default", image.id, self.settings, network)
                 try:
-                    outcome = self.runtime.launcher.run(task_plan, self.logger, lambda: False)
+                    with self.runtime.launcher.start(task_plan, self.logger) as task:
+                        outcome = task.wait(None)
+                    assert outcome is not None
                     self.runtime.launcher.settle_ownership(task_plan.writable, self.logger)
-                except PodmanError as exn:
+                except BackendError as exn:
                     action = "network" if network == "" and not host.tun_usable() else None
                     self.add(label, FAIL, str(exn), hint_for(str(exn)), action=action)
                     continue
@@ -519,48 +397,6 @@ class Doctor:
                      action="leftovers")  # fmt: skip
         else:
             self.add("leftovers", PASS, "no containers left by dead miniwdl runs")
-
-    # -- fixes --------------------------------------------------------------------------------
-
-    def fix(self, checks: List[Check]) -> List[str]:
-        """Apply the fixes the failed/warned checks name; describe what was done."""
-        actions = {c.action for c in checks if c.action and c.status in (WARN, FAIL)}
-        done: List[str] = []
-        cfg_dir = containers_config_dir()
-        if "runtime" in actions:
-            done.append(
-                update_toml(
-                    os.path.join(cfg_dir, "containers.conf"), {"engine": {"runtime": "runc"}}
-                )
-            )
-        if "storage" in actions:
-            graph = os.path.join("/var/tmp" if os.access("/var/tmp", os.W_OK) else "/tmp",
-                                 f"containers-{self.uid}", "storage")  # fmt: skip
-            if host.is_network_fs(host.fs_type(graph)):
-                graph = os.path.join(tempfile.gettempdir(), f"containers-{self.uid}", "storage")
-            os.makedirs(graph, mode=0o700, exist_ok=True)
-            values: Dict[str, Dict[str, Any]] = {
-                "storage": {"driver": "overlay", "graphroot": graph}
-            }
-            if not _kernel_at_least(5, 13) and shutil.which("fuse-overlayfs"):
-                values["storage.options.overlay"] = {
-                    "mount_program": shutil.which("fuse-overlayfs")
-                }
-            done.append(update_toml(os.path.join(cfg_dir, "storage.conf"), values))
-            done.append(f"container storage moved to {graph}: images will be pulled again there")
-        if "network" in actions:
-            path = self.cfg_path or os.path.join(
-                os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config"), "miniwdl.cfg"
-            )
-            done.append(update_miniwdl_cfg(path, SECTION, "network", "none"))
-        if "leftovers" in actions and self.settings is not None:
-            runtime = open_runtime(self.settings, self.logger, reap=False)
-            try:
-                n = runtime.engine.reap_dead_runs(self.logger)
-                done.append(f"removed {n} containers left by dead runs")
-            finally:
-                runtime.close(self.logger)
-        return done
 
 
 def _test_task(
@@ -592,62 +428,3 @@ def _test_task(
         network=network,
         limits={},
     )
-
-
-def _kernel_at_least(major: int, minor: int) -> bool:
-    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
-    if m is None:
-        return False
-    return (int(m.group(1)), int(m.group(2))) >= (major, minor)
-
-
-def _print(checks: List[Check]) -> None:
-    width = max(len(c.name) for c in checks)
-    for c in checks:
-        print(f"{c.status:4}  {c.name:{width}}  {c.detail}")
-        if c.fix and c.status in (WARN, FAIL):
-            print(f"{'':4}  {'':{width}}  fix: {c.fix}")
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="miniwdl-podman doctor",
-        description="Check that rootless Podman works here for miniwdl's podman_rootless backend.",
-    )
-    parser.add_argument("--fix", action="store_true", help="apply the fixes a user can (no root)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--image", help="image for the test container (pulled if needed)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.CRITICAL)
-    doctor = Doctor(image=args.image)
-    checks = doctor.run()
-    fixes: List[str] = []
-    if args.fix:
-        fixes = doctor.fix(checks)
-        if fixes:
-            checks = Doctor(image=args.image).run()
-    failed = any(c.status == FAIL for c in checks)
-    if args.json:
-        print(json.dumps({"checks": [asdict(c) for c in checks], "fixed": fixes,
-                          "ok": not failed}, indent=2))  # fmt: skip
-    else:
-        for line in fixes:
-            print(f"FIXED {line}")
-        _print(checks)
-        if failed and not args.fix and any(c.action for c in checks if c.status == FAIL):
-            print("\nrun `miniwdl-podman doctor --fix` to apply the fixes marked `--fix does`")
-    return 1 if failed else 0
-
-
-def cli(argv: Optional[List[str]] = None) -> int:
-    """``miniwdl-podman SUBCOMMAND``: ``doctor``, or ``node-run`` (the Slurm backend's node
-    helper, started by the task's job)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "node-run":
-        from . import node
-
-        return node.main(argv[1:])
-    if not argv or argv[0] in ("-h", "--help") or argv[0] != "doctor":
-        print("usage: miniwdl-podman doctor [--fix] [--json] [--image IMAGE]", file=sys.stderr)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    return main(argv[1:])

@@ -14,29 +14,29 @@ from WDL import Error
 from WDL.runtime.error import DownloadFailed, Interrupted
 
 __all__ = [
+    "BackendError",
     "ConfigError",
     "ContainerFailed",
     "DownloadFailed",
     "ImagePullFailed",
     "Interrupted",
-    "PodmanError",
     "PodmanUnavailable",
 ]
 
 
-class PodmanError(Error.RuntimeError):
+class BackendError(Error.RuntimeError):
     """Base class of the backend's own errors."""
 
 
-class ConfigError(PodmanError):
+class ConfigError(BackendError):
     """A ``[podman_rootless]`` option has an invalid value; the message names the option."""
 
 
-class PodmanUnavailable(PodmanError):
+class PodmanUnavailable(BackendError):
     """No Podman API service could be reached or started."""
 
 
-class ContainerFailed(PodmanError):
+class ContainerFailed(BackendError):
     """Podman refused to create or start the task's container (not the command's exit code)."""
 
 

@@ -34,7 +34,7 @@ NETWORK_FS = {
 }
 
 
-def _unescape(field: str) -> str:
+def unescape_mount_field(field: str) -> str:
     """mountinfo escapes space, tab, newline and backslash as octal."""
     for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
         field = field.replace(code, char)
@@ -49,7 +49,7 @@ def parse_mountinfo(text: str) -> Dict[str, str]:
         fields = left.split()
         if not sep or len(fields) < 5 or not right.split():
             continue
-        ans[_unescape(fields[4])] = right.split()[0]
+        ans[unescape_mount_field(fields[4])] = right.split()[0]
     return ans
 
 

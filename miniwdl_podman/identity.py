@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from .errors import PodmanError
+from .errors import BackendError
 
 UsernsMode = Union[str, Dict[str, str]]
 
@@ -36,7 +36,7 @@ SUBUID_FIX = (
 )
 
 
-class IdentityError(PodmanError):
+class IdentityError(BackendError):
     """The task cannot run as the image's user on this host; the message says why and the fix."""
 
 
@@ -162,7 +162,7 @@ class Identity:
     notes: Tuple[str, ...] = field(default_factory=tuple)
 
 
-def plan(
+def decide(
     host: HostIds,
     image: str,
     image_user: ImageUser,

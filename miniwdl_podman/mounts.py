@@ -29,10 +29,7 @@ class Mount:
     kind: str = "bind"  # bind | tmpfs
 
 
-SELINUX_MODES = ("disable", "shared", "private", "none")
-
-
-def selinux_plan(mode: str) -> Tuple[List[str], Optional[str]]:
+def selinux_options(mode: str) -> Tuple[List[str], Optional[str]]:
     """(security_opt, relabel for the mounts the backend owns) for ``[podman_rootless] selinux``.
 
     - ``disable`` (default): the container runs with SELinux labelling disabled (libpod's
@@ -89,7 +86,7 @@ class TaskPaths:
     host_command: str
 
 
-def plan(
+def task_mounts(
     paths: TaskPaths,
     input_path_map: Mapping[str, str],
     bind_inputs: bool = True,

@@ -104,11 +104,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         # coordination: one pull/build per image among the user's jobs on this node
         runtime = open_runtime(settings, logger, pool_size=8)
 
-        def running() -> None:
+        with runtime.launcher.start(job.plan, logger) as task:
             with open(job.started, "w") as out:
                 out.write(node)
-
-        outcome = runtime.launcher.run(job.plan, logger, stop.is_set, running=running)
+            while (outcome := task.wait(1.0)) is None:
+                if stop.is_set():
+                    task.kill()
+                    raise Terminated()
         runtime.launcher.settle_ownership(job.plan.writable, logger)
         result = protocol.Result(
             node=node,
@@ -122,8 +124,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         result = protocol.Result(node=node, terminated=True)
     except Exception as exn:  # reported to the login side, which raises the same kind
         logger.error("%s: %s", type(exn).__name__, exn)
-        kind = protocol.error_kind(exn) or type(exn).__name__
-        result = protocol.Result(node=node, error=kind, message=str(exn))
+        kind = protocol.error_kind(exn)
+        message = str(exn) if kind else f"{type(exn).__name__}: {exn}"
+        result = protocol.Result(node=node, error=kind or protocol.UNEXPECTED, message=message)
     finally:
         if runtime is not None:
             runtime.close(logger)

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import mounts
 from .mounts import Mount
-from .resources import Enforcement
+from .podman_facts import Enforcement
 from .settings import Settings
 
 DEFAULT_IMAGE = "ubuntu:22.04"  # miniwdl's own default for tasks with no runtime.docker
@@ -104,14 +104,14 @@ def task_plan(
 ) -> TaskPlan:
     """The plan of one task attempt: mounts (SELinux relabelling of what the backend owns),
     image or inline Dockerfile, environment, privileges, network and limits."""
-    security_opt, relabel = mounts.selinux_plan(settings.selinux)
+    security_opt, relabel = mounts.selinux_options(settings.selinux)
     inline = str(runtime_values.get("inlineDockerfile") or "")
     return TaskPlan(
         run_id=run_id,
         task_dir=task_dir,
         try_counter=try_counter,
         container_dir=paths.container_dir,
-        mounts=mounts.plan(paths, input_path_map, bind_inputs, relabel=relabel),
+        mounts=mounts.task_mounts(paths, input_path_map, bind_inputs, relabel=relabel),
         image="" if inline else str(runtime_values.get("docker") or default_image),
         inline_dockerfile=inline,
         env={str(k): str(v) for k, v in runtime_values.get("env", {}).items()},

@@ -104,3 +104,50 @@ def from_service(version: Mapping[str, Any], info: Mapping[str, Any]) -> PodmanF
         graph_root=str(store.get("graphRoot") or ""),
         run_root=str(store.get("runRoot") or ""),
     )
+
+
+# -- which hard limits can be enforced ------------------------------------------------------
+
+CGROUP_V2_DELEGATION_FIX = (
+    "delegate the controllers to users: create /etc/systemd/system/user@.service.d/delegate.conf"
+    " with `[Service]` and `Delegate=cpu cpuset io memory pids`, run `systemctl daemon-reload`,"
+    " and log in again"
+)
+CGROUP_V1_FIX = (
+    "boot the host with cgroup v2 (kernel argument systemd.unified_cgroup_hierarchy=1) and "
+    + CGROUP_V2_DELEGATION_FIX
+)
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Which hard limits rootless Podman can set on this host, and if not, why and the fix."""
+
+    cpu: bool
+    memory: bool
+    why_not: str = ""
+    fix: str = ""
+
+
+def enforcement(facts: PodmanFacts) -> Enforcement:
+    """What the service's facts say about cgroups: version and the controllers delegated to us."""
+    if not facts.rootless:
+        return Enforcement(cpu=True, memory=True)
+    if facts.cgroup_version != "v2":
+        return Enforcement(
+            cpu=False,
+            memory=False,
+            why_not=f"cgroup {facts.cgroup_version or 'v1'}: rootless Podman cannot set resource"
+            " limits",
+            fix=CGROUP_V1_FIX,
+        )
+    cpu, memory = "cpu" in facts.cgroup_controllers, "memory" in facts.cgroup_controllers
+    missing = [c for c, ok in (("cpu", cpu), ("memory", memory)) if not ok]
+    if not missing:
+        return Enforcement(cpu=True, memory=True)
+    return Enforcement(
+        cpu=cpu,
+        memory=memory,
+        why_not=f"cgroup v2 without the {' and '.join(missing)} controller delegated to your user",
+        fix=CGROUP_V2_DELEGATION_FIX,
+    )

@@ -27,11 +27,11 @@ from .identity import IdentityError
 from .plan import TaskPlan
 from .settings import Settings
 
-FORMAT = 1
+FORMAT = 2  # 2: error kinds are protocol names ("image-pull", ...), not class names
 FILES = ("json", "result", "started", "claim", "log")
 
 
-class ProtocolError(errors.PodmanError):
+class ProtocolError(errors.BackendError):
     """A job or result file this version of the package cannot read."""
 
 
@@ -165,30 +165,33 @@ def read_job(path: str) -> Job:
 
 # -- the result file ----------------------------------------------------------------------------
 
-# every error kind that may cross from a compute node, and how the login side raises it again
-# (image: the plan's image, for download errors)
+# every error kind that may cross from a compute node (a name of the protocol, not a class
+# name), and how the login side raises it again (image: the plan's image, for download errors)
 ERROR_KINDS: Dict[str, Callable[[str, str], Exception]] = {
-    "Interrupted": lambda message, _image: Interrupted(message),
-    "ImagePullFailed": lambda message, image: errors.ImagePullFailed(image, message),
-    "InputError": lambda message, _image: Error.InputError(message),
-    "IdentityError": lambda message, _image: IdentityError(message),
-    "ProtocolError": lambda message, _image: ProtocolError(message),
-    "ConfigError": lambda message, _image: errors.ConfigError(message),
-    "PodmanUnavailable": lambda message, _image: errors.PodmanUnavailable(message),
-    "ContainerFailed": lambda message, _image: errors.ContainerFailed(message),
-    "PodmanError": lambda message, _image: errors.PodmanError(message),
+    "interrupted": lambda message, _image: Interrupted(message),
+    "image-pull": lambda message, image: errors.ImagePullFailed(image, message),
+    "input": lambda message, _image: Error.InputError(message),
+    "identity": lambda message, _image: IdentityError(message),
+    "protocol": lambda message, _image: ProtocolError(message),
+    "config": lambda message, _image: errors.ConfigError(message),
+    "podman-unavailable": lambda message, _image: errors.PodmanUnavailable(message),
+    "container": lambda message, _image: errors.ContainerFailed(message),
+    "backend": lambda message, _image: errors.BackendError(message),
 }
+# a failure that is none of the above (a bug of the helper): comes back as "backend", with the
+# exception's type in the message
+UNEXPECTED = "unexpected"
 # the order in which an exception is matched to a kind (most specific first)
 _KIND_CLASSES: Tuple[Tuple[str, Type[BaseException]], ...] = (
-    ("Interrupted", Interrupted),
-    ("ImagePullFailed", errors.ImagePullFailed),
-    ("InputError", Error.InputError),
-    ("IdentityError", IdentityError),
-    ("ProtocolError", ProtocolError),
-    ("ConfigError", errors.ConfigError),
-    ("PodmanUnavailable", errors.PodmanUnavailable),
-    ("ContainerFailed", errors.ContainerFailed),
-    ("PodmanError", errors.PodmanError),
+    ("interrupted", Interrupted),
+    ("image-pull", errors.ImagePullFailed),
+    ("input", Error.InputError),
+    ("identity", IdentityError),
+    ("protocol", ProtocolError),
+    ("config", errors.ConfigError),
+    ("podman-unavailable", errors.PodmanUnavailable),
+    ("container", errors.ContainerFailed),
+    ("backend", errors.BackendError),
 )
 
 
@@ -211,7 +214,7 @@ class Result:
     cpu_seconds: float = 0.0
     samples: int = 0
     terminated: bool = False
-    error: str = ""  # a kind of ERROR_KINDS, or the name of an unexpected exception
+    error: str = ""  # a kind of ERROR_KINDS, or UNEXPECTED
     message: str = ""
 
     def write(self, path: str) -> None:
@@ -222,7 +225,7 @@ class Result:
         message = f"{self.message} ({where})"
         make = ERROR_KINDS.get(self.error)
         if make is None:  # an exception that is not one of ours: a bug, reported as such
-            return errors.PodmanError(f"{self.error}: {message}")
+            return errors.BackendError(f"the node helper failed unexpectedly: {message}")
         return make(message, image)
 
 

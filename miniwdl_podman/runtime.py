@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import ContextManager, Optional
 
-from . import budget, identity, launch, resources
+from . import budget, host, identity, launch, podman_facts
 from .engine import Engine
 from .settings import Settings
 
@@ -26,7 +26,7 @@ class Runtime:
     engine: Engine
     host: identity.HostIds
     launcher: launch.Launcher
-    enforcement: resources.Enforcement
+    enforcement: podman_facts.Enforcement
     coordination_dir: Optional[str]
 
     def close(self, logger: logging.Logger) -> None:
@@ -41,7 +41,7 @@ def coordination_dir(settings: Settings) -> Optional[str]:
     needed; None with ``coordinate = false``."""
     if not settings.coordinate:
         return None
-    return budget.ensure_private_dir(settings.coordination_dir or budget.default_dir(os.geteuid()))
+    return budget.ensure_private_dir(settings.coordination_dir or host.private_dir(os.geteuid()))
 
 
 def open_runtime(
@@ -70,6 +70,6 @@ def open_runtime(
         engine=engine,
         host=host,
         launcher=launch.Launcher(engine, settings, host),
-        enforcement=resources.enforcement(engine.facts),
+        enforcement=podman_facts.enforcement(engine.facts),
         coordination_dir=coordination,
     )

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Tuple
 
 from .errors import ConfigError
-from .mounts import SELINUX_MODES
+
+# [podman_rootless] selinux (what each means: mounts.selinux_options)
+SELINUX_MODES = ("disable", "shared", "private", "none")
 
 SECTION = "podman_rootless"
 

@@ -29,7 +29,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime.error import Terminated
 
-from . import _backoff
+from . import _backoff, exits
 from .errors import ContainerFailed
 from .host import pid_alive
 from .settings import SLURM_SECTION, SlurmSettings
@@ -210,12 +210,8 @@ def classify(
     doing (node failure, preemption, cancelled by someone), retried under runtime.preemptible."""
     where = f"Slurm job {job_id}" + (f" on {node}" if node else "")
     if state == "OUT_OF_MEMORY":
-        asked = f"{memory_bytes / 2**20:.0f} MiB" if memory_bytes else "the partition default"
-        return (
-            f"{where} was killed for exceeding its memory (--mem {asked}, from runtime.memory);"
-            " raise runtime.memory",
-            False,
-        )
+        memory = exits.MemoryContext(memory_bytes, slurm_job=job_id)
+        return (exits.job_out_of_memory(memory, where), False)
     if state == "TIMEOUT":
         limit = f"{time_minutes} min" if time_minutes else "the partition's default"
         return (
@@ -231,29 +227,6 @@ def classify(
         return (f"{where} was preempted by Slurm ({state})", True)
     if state == "CANCELLED":
         return (f"{where} was cancelled by someone else (scancel or an administrator)", True)
-    return None
-
-
-def explain_kill(
-    state: str, exit_code: int, oom_killed: bool, *, job_id: str, memory_bytes: int
-) -> Optional[str]:
-    """For a task whose container was killed (exit 137, OOMKilled, or the job ended
-    OUT_OF_MEMORY): what happened and the fix, in Slurm's terms; None otherwise."""
-    asked = (
-        f"--mem {memory_bytes / 2**20:.0f} MiB, from runtime.memory"
-        if memory_bytes
-        else "the partition's default memory, as the task sets no runtime.memory"
-    )
-    if state == "OUT_OF_MEMORY" or oom_killed:
-        return (
-            f"the task ran out of memory: killed (exit status {exit_code}) at the memory of its"
-            f" Slurm job {job_id} ({asked}); raise runtime.memory"
-        )
-    if exit_code == 137:
-        return (
-            f"the task was killed by SIGKILL (exit status 137), most likely for exceeding the"
-            f" memory of its Slurm job {job_id} ({asked}); raise runtime.memory"
-        )
     return None
 
 
@@ -467,7 +440,8 @@ def _sleep(seconds: float, terminating: Callable[[], bool]) -> None:
 
 
 class JobWatcher:
-    """One thread that asks squeue about all of this process's jobs every ``period`` seconds."""
+    """This process's live Slurm jobs: one thread asks squeue about them all every ``period``
+    seconds, and :meth:`live` lists them (for cancelling at exit)."""
 
     def __init__(self, slurm: Slurm, period: float, logger: logging.Logger) -> None:
         self._slurm = slurm
@@ -489,6 +463,18 @@ class JobWatcher:
             self._jobs.discard(job_id)
             self._states.pop(job_id, None)
             self._missing.pop(job_id, None)
+
+    def follow(self, old: Optional[str], new: Optional[str]) -> None:
+        """Watch job ``new`` instead of ``old`` (either may be None)."""
+        if old:
+            self.forget(old)
+        if new:
+            self.watch(new)
+
+    def live(self) -> List[str]:
+        """The jobs being watched: those still to be cancelled if this process exits."""
+        with self._lock:
+            return sorted(self._jobs)
 
     def state(self, job_id: str) -> Optional[JobState]:
         """The job's latest state; a made-up terminal ``UNKNOWN`` once squeue has not listed

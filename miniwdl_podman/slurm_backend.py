@@ -18,25 +18,23 @@ import atexit
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import asdict
-from typing import Any, ClassVar, Dict, Optional, Set, Tuple
+from typing import Any, ClassVar, Dict, Optional, Tuple
 
 from WDL import Error, Type, Value
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.error import Interrupted, Terminated
 
-from . import __version__, launch, protocol
+from . import __version__, exits, protocol
 from . import settings as settings_mod
 from . import slurm as slurm_mod
 from ._logging import notice
 from .base import PodmanTaskContainer
-from .engine import Exit
-from .errors import ContainerFailed, PodmanError
+from .errors import BackendError, ContainerFailed
 from .plan import TaskPlan
 
 # how long a finished job's result file may take to show on the login node (NFS caching)
@@ -51,8 +49,6 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
     _slurm_settings: ClassVar[Optional[settings_mod.SlurmSettings]] = None
     _watcher: ClassVar[Optional[slurm_mod.JobWatcher]] = None
     _slurm_limits: ClassVar[Dict[str, int]] = {}
-    _live_jobs: ClassVar[Set[str]] = set()
-    _jobs_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
@@ -101,8 +97,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
 
     @classmethod
     def _cancel_live_jobs(cls, logger: logging.Logger) -> None:
-        with cls._jobs_lock:
-            jobs = sorted(cls._live_jobs)
+        jobs = cls._watcher.live() if cls._watcher is not None else []
         if jobs and cls._slurm is not None:
             cls._slurm.cancel(jobs, logger)
 
@@ -120,13 +115,13 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         slurm, watcher = self._slurm, self._watcher
         settings, ss = self.settings(), self._slurm_settings
         if slurm is None or watcher is None or ss is None:
-            raise PodmanError("podman_rootless_slurm backend used before global_init")
+            raise BackendError("podman_rootless_slurm backend used before global_init")
         self._pace_retry(logger, terminating)
         cpu = int(self.runtime_values.get("cpu", 0))
         mem = int(self.runtime_values.get("memory_reservation", 0))
         minutes = int(self.runtime_values.get("time_minutes", 0)) or ss.time_minutes
         # Slurm enforces cpu/memory on the job; Podman is asked for no limits of its own
-        plan = self._plan(logger, command, limits={})
+        plan = self._task_plan(logger, command, limits={})
         jobdir = os.path.join(self.host_dir, "slurm")
         os.makedirs(jobdir, exist_ok=True)
         files = protocol.write_job(
@@ -156,18 +151,6 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         job_id, state = self._wait(logger, terminating, job_id, files, slurm, watcher)
         return self._conclude(logger, job_id, state, files, plan, mem, minutes)
 
-    def _track(self, watcher: slurm_mod.JobWatcher, old: Optional[str], new: Optional[str]) -> None:
-        """Watch (and cancel at exit) job ``new`` instead of ``old``."""
-        with self._jobs_lock:
-            if old:
-                self._live_jobs.discard(old)
-            if new:
-                self._live_jobs.add(new)
-        if old:
-            watcher.forget(old)
-        if new:
-            watcher.watch(new)
-
     def _wait(
         self,
         logger: logging.Logger,
@@ -181,7 +164,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         the attempt, its final Slurm state). That is the submitted job, unless another job of
         this attempt claimed it first (a submission whose answer sbatch lost): then that one is
         followed and the submitted one cancelled."""
-        self._track(watcher, None, job_id)
+        watcher.watch(job_id)
         try:
             with ExitStack() as cleanup:
                 poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
@@ -203,7 +186,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
                                 )
                             )
                             slurm.cancel([job_id], logger)
-                            self._track(watcher, job_id, holder)
+                            watcher.follow(job_id, holder)
                             job_id = holder
                             confirmed, ended_at = True, None
                     if terminating():
@@ -233,7 +216,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
                 poll_stderr()
             return job_id, self._await_end(job_id, slurm, 30.0)
         finally:
-            self._track(watcher, job_id, None)
+            watcher.forget(job_id)
 
     @staticmethod
     def _await_end(job_id: str, slurm: slurm_mod.Slurm, timeout: float) -> str:
@@ -295,23 +278,17 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             if state in ("UNKNOWN", "CANCELLED"):
                 raise Interrupted(message)
             raise ContainerFailed(message)
-        outcome = launch.Outcome(
-            Exit(result.exit_code, result.oom_killed),
+        outcome = exits.Outcome(
+            exits.Exit(result.exit_code, result.oom_killed or state == "OUT_OF_MEMORY"),
             result.peak_rss,
             result.cpu_seconds,
             result.samples,
         )
-        launch.report_usage(logger, outcome)
+        self._report_usage(logger, outcome)
         code = outcome.exit.code
         if not self.success_exit_code(code):
             self._explain_failure(logger)
-            explanation = slurm_mod.explain_kill(
-                state, code, outcome.exit.oom_killed, job_id=job_id, memory_bytes=mem
-            )
-            if explanation:
-                peak = launch.Outcome.usage_fields(outcome).get("peak_rss_mib")
-                logger.error(_(explanation, exit_code=code, job_id=job_id, peak_rss_mib=peak))
-                self.failure_info = {"explanation": explanation, "oom_killed": True}
+            self._explain_kill(logger, outcome, exits.MemoryContext(mem, slurm_job=job_id))
         return code
 
 

@@ -1,7 +1,9 @@
 """The ContainerSpec: everything Podman is asked for to run one task attempt.
 
-Pure: built from the task's paths, runtime values and the settings, with no Podman call, so it
-can be unit-tested and reused by every place that runs containers. It is in neutral terms
+Pure: :func:`resolve` turns a task's :class:`~miniwdl_podman.plan.TaskPlan`, the facts of its
+image (:class:`ImageFacts`) and the host's ids into the spec (through the task's identity,
+:func:`~miniwdl_podman.identity.decide`), with no Podman call, so it can be unit-tested and is
+the same wherever the container runs. It is in neutral terms
 (``limits``: ``cpu`` CPUs, ``memory_bytes``); :mod:`miniwdl_podman.libpod` writes it as libpod's
 create request.
 """
@@ -13,11 +15,12 @@ import secrets
 import socket
 import threading
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import host
 from . import identity as identity_mod
 from .mounts import Mount
+from .plan import TaskPlan
 from .settings import Settings
 
 LABEL_PREFIX = "io.github.miniwdl-podman"
@@ -122,3 +125,48 @@ def build(
         limits=dict(limits or {}),
         devices=list(devices),
     )
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What a task's container needs to know about its image: its local id, the user it runs
+    as (resolved against the image's /etc/passwd when that matters) and whether that user's
+    home exists in it (None: not looked at)."""
+
+    id: str
+    user: identity_mod.ImageUser
+    home_exists: Optional[bool] = None
+
+
+def resolve(
+    plan: TaskPlan,
+    image: ImageFacts,
+    host_ids: identity_mod.HostIds,
+    settings: Settings,
+    devices: Sequence[str] = (),
+) -> Tuple[ContainerSpec, identity_mod.Identity]:
+    """The plan resolved against its image and the host's ids: (the spec, the task's
+    identity). Pure, apart from the container's unique name and labels."""
+    ident = identity_mod.decide(
+        host_ids, plan.image_label, image.user, settings.as_user, image.home_exists
+    )
+    mounts = list(plan.mounts)
+    if ident.home_tmpfs:
+        mounts.append(Mount("tmpfs", ident.home_tmpfs, read_only=False, kind="tmpfs"))
+    spec = build(
+        settings=settings,
+        run_id=plan.run_id,
+        task_dir=plan.task_dir,
+        try_counter=plan.try_counter,
+        image=image.id,
+        container_dir=plan.container_dir,
+        mounts=mounts,
+        identity=ident,
+        security_opt=plan.security_opt,
+        env=plan.env,
+        privileged=plan.privileged,
+        network=plan.network,
+        limits=plan.limits,
+        devices=devices,
+    )
+    return spec, ident

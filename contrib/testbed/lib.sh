@@ -62,11 +62,25 @@ tb_lane_facts() {
     esac
 }
 
+# tb_cgroup_v1_mount CONTROLLER: where this mount namespace has the cgroup v1 hierarchy of
+# CONTROLLER mounted (nothing, and status 1, when it has none)
+tb_cgroup_v1_mount() {
+    awk -v c="$1" '{
+        for (i = 7; i <= NF && $i != "-"; i++) ;
+        if ($(i + 1) != "cgroup") next
+        n = split($(i + 3), opts, ",")
+        for (j = 1; j <= n; j++) if (opts[j] == c) { print $5; found = 1; exit }
+    } END { exit !found }' /proc/self/mountinfo
+}
+
 # tb_enter TREE VIEW COMMAND...: run COMMAND as root inside TREE, entered with pivot_root in a
 # private mount namespace (rootless Podman refuses a chroot: the kernel denies unprivileged user
 # namespaces to a chrooted process). VIEW "v2" gives the tree a pure cgroup v2 hierarchy (the
 # host's unified one, bound: never mounted afresh, since cgroup2 mount options apply to the
-# whole hierarchy, the host's too); "host" keeps the host's layout. The repository is bound
+# whole hierarchy, the host's too); "host" keeps the host's layout. A v2 view of a host whose
+# cpu and memory controllers are on v1 (this machine's kind: its v2 hierarchy has neither) also
+# gets those two v1 hierarchies at /mnt/mwp-cgroup-v1/{cpu,memory}, so that the capacity test
+# can set real limits on an ancestor cgroup (Podman still sees a pure v2 /sys/fs/cgroup). The repository is bound
 # read-only at /mnt/mwp-src; /tmp and /run are fresh tmpfs; the host's resolver, CA bundle and
 # pip configuration are copied in so that apt and pip reach what the host reaches.
 tb_enter() {
@@ -77,6 +91,7 @@ tb_enter() {
     cp -L /etc/ssl/certs/ca-certificates.crt "$tree/etc/ssl/certs/ca-certificates.crt"
     [ ! -f /etc/pip.conf ] || cp /etc/pip.conf "$tree/etc/pip.conf"
     if [ -d /etc/xdg/pip ]; then rm -rf "$tree/etc/xdg/pip"; mkdir -p "$tree/etc/xdg"; cp -r /etc/xdg/pip "$tree/etc/xdg/pip"; fi
+    export -f tb_cgroup_v1_mount
     unshare -m --propagation private -- bash -euo pipefail -c '
         t=$1 view=$2 repo=$3; shift 3
         mount --rbind "$t" "$t"
@@ -86,8 +101,17 @@ tb_enter() {
         if [ "$view" = v2 ] && [ "$(stat -fc %T /sys/fs/cgroup)" != cgroup2fs ]; then
             [ "$(stat -fc %T /sys/fs/cgroup/unified 2>/dev/null)" = cgroup2fs ] \
                 || { echo "[testbed] FAIL: no cgroup2 hierarchy on this host for a v2 view" >&2; exit 1; }
+            v1=""
+            for c in cpu memory; do
+                v1="$v1 $c=$(tb_cgroup_v1_mount "$c" || true)"
+            done
             umount -R "$t/sys/fs/cgroup"
             mount --bind /sys/fs/cgroup/unified "$t/sys/fs/cgroup"
+            for pair in $v1; do
+                [ -n "${pair#*=}" ] || continue
+                mkdir -p "$t/mnt/mwp-cgroup-v1/${pair%%=*}"
+                mount --bind "${pair#*=}" "$t/mnt/mwp-cgroup-v1/${pair%%=*}"
+            done
         fi
         mount -t tmpfs -o mode=1777 tmpfs "$t/tmp"
         mount -t tmpfs -o mode=755 tmpfs "$t/run"

@@ -160,6 +160,23 @@ if [ $minimal = 0 ]; then
     tb_as_user podman system migrate >/dev/null 2>&1 || true
 fi
 
+# 9b. an ancestor cgroup with limits for the capacity test: mwp-capacity-UID (1 CPU, 3 GiB) in the
+# cgroup v1 cpu and memory hierarchies, with a child "run" the test user may move itself into
+# (its own limits stay unset: only the ancestor's cap applies, as on a login node's user slice)
+if [ $minimal = 0 ]; then
+    for c in cpu memory; do
+        mp=$(tb_cgroup_v1_mount "$c") \
+            || tb_die "no cgroup v1 $c hierarchy here: the capacity test needs one (see lib.sh tb_enter)"
+        dir=$mp/mwp-capacity-$TB_UID
+        mkdir -p "$dir/run"
+        case $c in
+            cpu) echo 100000 > "$dir/cpu.cfs_period_us"; echo 100000 > "$dir/cpu.cfs_quota_us" ;;
+            memory) echo $((3 << 30)) > "$dir/memory.limit_in_bytes" ;;
+        esac
+        chown "$TB_USER" "$dir/run/cgroup.procs"
+    done
+fi
+
 # 10. the proof: a rootless container runs as the user, with keep-id
 out=$(tb_as_user podman run --rm --network none --userns keep-id "$TB_BASE_IMAGE" id -u 2>&1) \
     || tb_die "rootless Podman cannot run a container as $TB_USER: $out"

@@ -27,10 +27,10 @@ from ..podman_facts import PodmanFacts
 from ..settings import Settings
 from . import processes
 from .connection import Connection, ping
-from .containers import Containers, Exit
+from .containers import Containers, Running
 from .images import INLINE_REPO, ImageRef, Images
 
-__all__ = ["INLINE_REPO", "Engine", "Exit", "ImageRef", "ping", "pool_size_for"]
+__all__ = ["INLINE_REPO", "Engine", "ImageRef", "Running", "ping", "pool_size_for"]
 
 
 def _no_lock(_image: str) -> ContextManager[object]:

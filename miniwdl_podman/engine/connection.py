@@ -22,8 +22,7 @@ from podman import PodmanClient
 from podman.errors import APIError
 from WDL._util import StructuredLogMessage as _
 
-from .. import _backoff, podman_facts
-from .. import host as host_mod
+from .. import _backoff, podman_facts, storage
 from .._logging import notice
 from ..errors import PodmanUnavailable
 from ..settings import SECTION, Settings
@@ -88,7 +87,6 @@ _TRANSIENT = (
     "database is locked",
     "resource temporarily unavailable",
 )
-_CREATE_TRIES = 5
 
 
 def _is_transient(exn: APIError) -> bool:
@@ -234,24 +232,12 @@ class Connection:
         if facts.unsupported_reason:
             self.close()
             raise PodmanUnavailable(facts.unsupported_reason)
-        for what, where in (("graphRoot", facts.graph_root), ("runRoot", facts.run_root)):
-            kind = host_mod.fs_type(where) if where else "unknown"
-            if host_mod.is_network_fs(kind):
-                logger.warning(
-                    _(
-                        f"podman storage ({what}) is on a network file system ({kind}), where"
-                        " rootless container storage breaks or crawls; run `miniwdl-podman"
-                        " doctor --fix` to move it to node-local disk",
-                        path=where,
-                    )
-                )
-        if facts.storage_driver == "vfs":
+        for finding in storage.judge(facts.graph_root, facts.run_root, facts.storage_driver):
             logger.warning(
                 _(
-                    "podman storage driver is vfs: every container copies its whole image;"
-                    ' set driver = "overlay" in ~/.config/containers/storage.conf'
-                    " (then `podman system reset`) where the kernel allows",
+                    f"{finding.problem}; {finding.fix}",
                     graph_root=facts.graph_root,
+                    run_root=facts.run_root,
                 )
             )
 

@@ -1,10 +1,11 @@
-"""Task containers: the libpod create request, start, adaptive waiting, kill, removal, reaping.
+"""Task containers: the libpod create request, start, a handle to wait on, kill, removal, reaping.
 
 :class:`Containers` runs a :class:`~miniwdl_podman.spec.ContainerSpec`: create (the body written
-by :mod:`miniwdl_podman.libpod`; Podman's create warnings, which podman-py drops, are logged),
-start, wait (fast server-side polling for short tasks, slow for long ones, within a per-process
-polling budget), and remove on every path (off the critical path once the container exited;
-kill first when miniwdl is terminating). Containers left by dead runs on this host are found by
+by :mod:`miniwdl_podman.libpod`; Podman's create warnings, which podman-py drops, are logged) and
+start, giving back a :class:`Running` handle: the caller polls its wait (fast server-side polling
+for short tasks, slow for long ones, within a per-process polling budget) and closes it, which
+removes the container on every path (off the critical path once the container exited; killed
+first when it may still run). Containers left by dead runs on this host are found by
 their labels and reaped.
 """
 
@@ -16,22 +17,20 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import requests
 from podman.errors import APIError, NotFound
 from WDL._util import StructuredLogMessage as _
-from WDL.runtime.error import Terminated
 
 from .. import _backoff, libpod
 from .. import host as host_mod
 from .._logging import notice
 from ..errors import ContainerFailed, Interrupted, PodmanUnavailable, hint_for
+from ..exits import Exit
 from ..settings import seconds
 from ..spec import LABEL_HOST, LABEL_PID, LABEL_PID_STARTED, ContainerSpec
 from .connection import (
-    _CREATE_TRIES,
     _UNBOUNDED,
     Connection,
     _explain,
@@ -39,22 +38,129 @@ from .connection import (
     _is_transient,
 )
 
+# creates sent again after a transient error or a lost connection
+_CREATE_TRIES = 5
 # at most this many container state checks a second, all of this process's fast waits together
 _POLLS_PER_SECOND = 200
-
-
-@dataclass(frozen=True)
-class Exit:
-    """How a task's container ended."""
-
-    code: int
-    oom_killed: bool = False
 
 
 def _left_by_dead_process(pid_label: str, started_label: str = "") -> bool:
     """Whether a container's labels name a process that no longer exists here (its pid gone,
     or taken by a later process: another start time)."""
     return pid_label.isdigit() and not host_mod.pid_alive(int(pid_label), started_label)
+
+
+class Running:
+    """A started task container. The caller polls :meth:`wait` (nothing here calls back into
+    it), may :meth:`kill` it, and closes it (a context manager): the container is removed on
+    every path, off the critical path once it has exited."""
+
+    def __init__(
+        self, containers: Containers, cid: str, spec: ContainerSpec, logger: logging.Logger
+    ) -> None:
+        self.containers = containers
+        self.id = cid
+        self.spec = spec
+        self.logger = logger
+        self.exit: Optional[Exit] = None
+        self._outcome: Dict[str, Any] = {}
+        self._done = threading.Event()
+        self._reconnects = 0
+        self._waiter()
+
+    def _waiter(self) -> None:
+        """Wait for the container's exit in a helper thread (the server-side wait blocks)."""
+        self._done.clear()
+        self._outcome.clear()
+        containers = self.containers
+
+        def wait() -> None:
+            with containers._lock:
+                containers._waiting += 1
+            try:
+                self._outcome["exit_code"] = containers._wait_once(self.id)
+            except BaseException as exn:
+                self._outcome["error"] = exn
+            finally:
+                with containers._lock:
+                    containers._waiting -= 1
+                self._done.set()
+
+        threading.Thread(target=wait, name=f"wait-{self.spec.name}", daemon=True).start()
+
+    def wait(self, timeout: Optional[float]) -> Optional[Exit]:
+        """The container's :class:`Exit` once it has ended, None if it still runs after
+        ``timeout`` seconds (None: block until it ends)."""
+        while self.exit is None:
+            if not self._done.wait(timeout):
+                return None
+            if "exit_code" in self._outcome:
+                self.exit = self._ended(int(self._outcome["exit_code"]))
+                break
+            exn = self._outcome["error"]
+            name, logger, conn = self.spec.name, self.logger, self.containers.conn
+            if isinstance(exn, NotFound):
+                raise Interrupted(f"task container {name} disappeared while running") from None
+            if _is_connection_error(exn) and self._reconnects < 5:
+                self._reconnects += 1
+                logger.warning(
+                    _("lost the podman service while waiting; reconnecting", error=_explain(exn))
+                )
+                time.sleep(_backoff.delay(self._reconnects, 0.1, 3.0))
+                conn.recover(logger)
+                self._waiter()
+                continue
+            logger.error(_("podman wait failed", name=name, error=_explain(exn)))
+            raise Interrupted(f"lost track of task container {name}: {_explain(exn)}") from None
+        return self.exit
+
+    def _ended(self, exit_code: int) -> Exit:
+        name, logger = self.spec.name, self.logger
+        if exit_code < 0:
+            raise Interrupted(f"Podman could not determine how the task container {name} ended")
+        msg = _("podman container exited", name=name, exit_code=exit_code)
+        if exit_code == 0:
+            notice(logger, msg)
+            return Exit(0)
+        logger.error(msg)
+        # a container removed behind our back also "exits" (137, killed first): that is not
+        # the command's; the removal completes just after the wait returns, so give a
+        # signal-like exit a moment to show whether the container is going away
+        state = self.containers._state(self.id, logger)
+        deadline = time.monotonic() + (0.5 if exit_code in (137, 143) else 0.0)
+        while state is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+            state = self.containers._state(self.id, logger)
+        if state is None:
+            logger.error(_("podman container disappeared while running", name=name))
+            raise Interrupted(
+                f"task container {name} was removed while the task ran (by `podman rm`"
+                " or `podman system prune`?); its exit status is not the command's"
+            )
+        return Exit(exit_code, bool(state.get("OOMKilled")))
+
+    def pid(self) -> int:
+        """The host pid of the container's first process; 0 once it has exited."""
+        return self.containers.pid(self.id, self.logger)
+
+    def kill(self) -> None:
+        """SIGKILL the container and give its wait a moment to return (miniwdl terminating)."""
+        self.containers._kill(self.id, self.spec.name, self.logger)
+        self._done.wait(10)
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        containers = self.containers
+        if self.exit is not None:
+            # off the critical path: the task's result does not depend on the removal, and
+            # close()/remove_leftovers() wait for pending removals, so nothing is orphaned
+            containers._remover.submit(
+                containers.remove, self.id, self.spec.name, self.logger, False
+            )
+        else:
+            containers.remove(self.id, self.spec.name, self.logger, running=True)
 
 
 class Containers:
@@ -69,50 +175,16 @@ class Containers:
         self._waiting = 0  # waits in flight
         self._remover = ThreadPoolExecutor(max_workers=4, thread_name_prefix="podman-remove")
 
-    def run(
-        self,
-        spec: ContainerSpec,
-        logger: logging.Logger,
-        terminating: Callable[[], bool],
-        poll: Callable[[], None],
-        running: Callable[[str], None],
-        poll_period: float = 1.0,
-    ) -> Exit:
-        """Create, start and wait for the container; remove it on every path. ``running`` is
-        called with the container id once it has started; ``poll`` every ``poll_period``
-        while it runs, and once after it exits."""
-        cid: Optional[str] = None
-        exited = False
+    def start(self, spec: ContainerSpec, logger: logging.Logger) -> Running:
+        """Create and start the container: a :class:`Running` handle that the caller polls and
+        closes (closing removes the container on every path)."""
+        cid = self.create(spec, logger)
         try:
-            cid = self.create(spec, logger)
             self._start(cid, spec, logger)
-            running(cid)
-            exit_code = self._wait(cid, spec, logger, terminating, poll, poll_period)
-            exited = True
-            if exit_code == 0:
-                return Exit(0)
-            # a container removed behind our back also "exits" (137, killed first): that is not
-            # the command's; the removal completes just after the wait returns, so give a
-            # signal-like exit a moment to show whether the container is going away
-            state = self._state(cid, logger)
-            deadline = time.monotonic() + (0.5 if exit_code in (137, 143) else 0.0)
-            while state is not None and time.monotonic() < deadline:
-                time.sleep(0.05)
-                state = self._state(cid, logger)
-            if state is None:
-                logger.error(_("podman container disappeared while running", name=spec.name))
-                raise Interrupted(
-                    f"task container {spec.name} was removed while the task ran (by `podman rm`"
-                    " or `podman system prune`?); its exit status is not the command's"
-                )
-            return Exit(exit_code, bool(state.get("OOMKilled")))
-        finally:
-            if cid is not None and exited:
-                # off the critical path: the task's result does not depend on the removal, and
-                # close()/remove_leftovers() wait for pending removals, so nothing is orphaned
-                self._remover.submit(self.remove, cid, spec.name, logger, False)
-            elif cid is not None:
-                self.remove(cid, spec.name, logger, running=True)
+        except BaseException:
+            self.remove(cid, spec.name, logger, running=True)
+            raise
+        return Running(self, cid, spec, logger)
 
     def create(self, spec: ContainerSpec, logger: logging.Logger) -> str:
         payload = libpod.create_body(spec)
@@ -233,71 +305,6 @@ class Containers:
         with self._lock:
             waiting = self._waiting
         return f"{max(base, waiting / _POLLS_PER_SECOND) * 1000:.0f}ms"
-
-    def _wait(
-        self,
-        cid: str,
-        spec: ContainerSpec,
-        logger: logging.Logger,
-        terminating: Callable[[], bool],
-        poll: Callable[[], None],
-        poll_period: float,
-    ) -> int:
-        """Wait for exit in a helper thread, polling stderr and miniwdl's termination flag."""
-        outcome: Dict[str, Any] = {}
-        done = threading.Event()
-
-        def waiter() -> None:
-            with self._lock:
-                self._waiting += 1
-            try:
-                outcome["exit_code"] = self._wait_once(cid)
-            except BaseException as exn:
-                outcome["error"] = exn
-            finally:
-                with self._lock:
-                    self._waiting -= 1
-                done.set()
-
-        reconnects = 0
-        while True:
-            done.clear()
-            outcome.clear()
-            threading.Thread(target=waiter, name=f"wait-{spec.name}", daemon=True).start()
-            while not done.wait(poll_period):
-                poll()
-                if terminating():
-                    self._kill(cid, spec.name, logger)
-                    done.wait(10)
-                    raise Terminated()
-            poll()
-            if "exit_code" in outcome:
-                exit_code = int(outcome["exit_code"])
-                if exit_code < 0:
-                    raise Interrupted(
-                        f"Podman could not determine how the task container {spec.name} ended"
-                    )
-                msg = _("podman container exited", name=spec.name, exit_code=exit_code)
-                if exit_code == 0:
-                    notice(logger, msg)
-                else:
-                    logger.error(msg)
-                return exit_code
-            exn = outcome["error"]
-            if isinstance(exn, NotFound):
-                raise Interrupted(f"task container {spec.name} disappeared while running") from None
-            if _is_connection_error(exn) and reconnects < 5:
-                reconnects += 1
-                logger.warning(
-                    _("lost the podman service while waiting; reconnecting", error=_explain(exn))
-                )
-                time.sleep(_backoff.delay(reconnects, 0.1, 3.0))
-                self.conn.recover(logger)
-                continue
-            logger.error(_("podman wait failed", name=spec.name, error=_explain(exn)))
-            raise Interrupted(
-                f"lost track of task container {spec.name}: {_explain(exn)}"
-            ) from None
 
     def _state(self, cid: str, logger: logging.Logger) -> Optional[Dict[str, Any]]:
         """The container's State (OOMKilled is unreliable upstream: podman#21749); None if the

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import pytest
 
@@ -118,10 +118,11 @@ class Miniwdl:
         env: Optional[Dict[str, str]] = None,
         args: Optional[List[str]] = None,
         capture: bool = True,
+        wrapper: Sequence[str] = (),
     ) -> Tuple[subprocess.Popen[str], Path]:
         """Launch ``miniwdl run`` in the background; (the process, its run directory).
         Without ``capture`` its output is discarded (a process nobody reads from must not
-        block on a full pipe)."""
+        block on a full pipe). ``wrapper``: a command that execs its arguments (miniwdl)."""
         self.runs += 1
         wdl_path = self.tmp_path / f"test{self.runs}.wdl"
         wdl_path.write_text(wdl)
@@ -139,6 +140,7 @@ class Miniwdl:
         out = subprocess.PIPE if capture else subprocess.DEVNULL
         proc = subprocess.Popen(
             [
+                *wrapper,
                 *(sys.executable, "-m", "WDL", "run", str(wdl_path), *inputs),
                 *("--dir", str(run_dir), "--error-json", *(args or [])),
             ],
@@ -153,8 +155,9 @@ class Miniwdl:
         env: Optional[Dict[str, str]] = None,
         args: Optional[List[str]] = None,
         timeout: float = 600,
+        wrapper: Sequence[str] = (),
     ) -> RunResult:
-        proc, run_dir = self.start(wdl, *inputs, env=env, args=args)
+        proc, run_dir = self.start(wdl, *inputs, env=env, args=args, wrapper=wrapper)
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         finally:

@@ -45,10 +45,10 @@ def _job(tmp_path: Path, short_dir: Path, image: str, command: str) -> Tuple[Dic
         task_dir=str(task),
         try_counter=1,
         container_dir=cdir,
-        mounts=mounts.plan(paths, {str(data): f"{cdir}/inputs/0/data.txt"}),
+        mounts=mounts.task_mounts(paths, {str(data): f"{cdir}/inputs/0/data.txt"}),
         image=image,
         network="none",
-        security_opt=mounts.selinux_plan("disable")[0],
+        security_opt=mounts.selinux_options("disable")[0],
         writable=[str(work), str(task / "stdout.txt"), str(task / "stderr.txt")],
     )
     (task / "slurm").mkdir()

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from miniwdl_podman import identity, launch, libpod, mounts, podman_facts, resources, settings
+from miniwdl_podman import identity, launch, libpod, mounts, podman_facts, settings
 from miniwdl_podman import plan as plan_mod
 from miniwdl_podman.engine import INLINE_REPO, Engine
 
@@ -86,12 +86,75 @@ def test_cpu_reservations_cap_concurrency(miniwdl: Miniwdl, cpu: int, expected_p
     assert _max_overlap(res.outputs["w.spans"]) == expected_peak
 
 
+CAPPED_WDL = """
+version 1.0
+workflow w {
+    input { String image }
+    scatter (i in range(3)) {
+        call big { input: image = image }
+    }
+    output { Array[String] spans = big.span }
+}
+task big {
+    input { String image }
+    command <<<
+        start=${EPOCHREALTIME/./}
+        sleep 1
+        echo "$start ${EPOCHREALTIME/./}"
+    >>>
+    output { String span = read_string(stdout()) }
+    runtime {
+        docker: image
+        cpu: 2
+        memory: "8 GiB"
+    }
+}
+"""
+
+
+def _v1_hierarchy(controller: str) -> Path:
+    """Where this host (or lane) mounts the cgroup v1 hierarchy of ``controller``."""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _sep, right = line.partition(" - ")
+        fields = right.split()
+        if len(fields) >= 3 and fields[0] == "cgroup" and controller in fields[2].split(","):
+            return Path(left.split()[4])
+    raise AssertionError(f"no cgroup v1 {controller} hierarchy: run contrib/testbed/setup.sh")
+
+
+def test_limits_on_an_ancestor_cgroup_cap_the_tasks(miniwdl: Miniwdl) -> None:
+    """A CPU quota and memory limit set on an ancestor of miniwdl's cgroup (its own has none,
+    as under a login node's capped user slice) cap the tasks: on this 2-CPU host, tasks asking
+    for 2 CPUs and 8 GiB are adjusted to 1 CPU and 3 GiB, and run one at a time."""
+    procs = []
+    for controller, limit_file, expected in (
+        ("cpu", "cpu.cfs_quota_us", "100000"),
+        ("memory", "memory.limit_in_bytes", str(3 << 30)),
+    ):
+        parent = _v1_hierarchy(controller) / f"mwp-capacity-{os.getuid()}"
+        assert (parent / limit_file).read_text().strip() == expected, "run setup.sh"
+        procs.append(str(parent / "run" / "cgroup.procs"))
+    move = 'echo $$ > "$1" && echo $$ > "$2" && shift 2 && exec "$@"'
+    res = miniwdl.run(
+        CAPPED_WDL,
+        f"image={BASE_IMAGE}",
+        env={"MINIWDL__SCHEDULER__TASK_CONCURRENCY": "8"},
+        wrapper=["sh", "-c", move, "move", *procs],
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.log()
+    assert "runtime.cpu adjusted to host limit :: original: 2, adjusted: 1" in log
+    adjusted = f"runtime.memory adjusted to host limit :: original: {8 << 30}, adjusted: {3 << 30}"
+    assert adjusted in log
+    assert _max_overlap(res.outputs["w.spans"]) == 1
+
+
 def test_unenforceable_limits_are_reported_once_and_tasks_still_run(
     miniwdl: Miniwdl, rootless_podman: Dict[str, Any]
 ) -> None:
     """Where rootless Podman cannot enforce cpu/memory limits (cgroup v1; cgroup v2 without the
     controllers delegated): one warning with why and fix, and the tasks run anyway."""
-    enf = resources.enforcement(podman_facts.from_service({}, rootless_podman))
+    enf = podman_facts.enforcement(podman_facts.from_service({}, rootless_podman))
     if enf.cpu and enf.memory:
         pytest.fail("this test needs a host where rootless Podman cannot enforce limits")
     res = miniwdl.run(
@@ -215,13 +278,15 @@ def test_podman_create_warnings_are_logged(
             task_dir=str(task_dir),
             try_counter=1,
             container_dir=paths.container_dir,
-            mounts=mounts.plan(paths, {}),
+            mounts=mounts.task_mounts(paths, {}),
             image=BASE_IMAGE,
             network="none",
             limits={"memory_bytes": 64 << 20} if v1 else {},
         )
         host = identity.host_ids(engine.info, os.geteuid(), os.getegid())
-        outcome = launch.Launcher(engine, st, host).run(plan, logger, lambda: False)
+        with launch.Launcher(engine, st, host).start(plan, logger) as task:
+            outcome = task.wait(None)
+        assert outcome is not None
     finally:
         engine.remove_leftovers(logger)
         engine.close()

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from miniwdl_podman import budget, doctor, host
+from miniwdl_podman import budget, configfiles, host
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -63,7 +63,7 @@ def test_update_toml_merges_and_backs_up(tmp_path: Path) -> None:
     """Existing tables and keys survive, the new values are set, and a backup is kept."""
     path = tmp_path / "containers.conf"
     path.write_text('[engine]\nruntime = "crun"\nevents_logger = "file"\n[network]\nx = [1, 2]\n')
-    msg = doctor.update_toml(str(path), {"engine": {"runtime": "runc"}})
+    msg = configfiles.update_toml(str(path), {"engine": {"runtime": "runc"}})
     data = tomllib.loads(path.read_text())
     assert data["engine"] == {"runtime": "runc", "events_logger": "file"}
     assert data["network"] == {"x": [1, 2]}
@@ -71,7 +71,7 @@ def test_update_toml_merges_and_backs_up(tmp_path: Path) -> None:
     assert len(backups) == 1 and 'runtime = "crun"' in backups[0].read_text()
     assert "backup" in msg
     fresh = tmp_path / "new" / "storage.conf"
-    doctor.update_toml(
+    configfiles.update_toml(
         str(fresh), {"storage": {"graphroot": "/var/tmp/g"}, "storage.options.overlay": {"a": "b"}}
     )
     assert tomllib.loads(fresh.read_text())["storage"]["options"]["overlay"] == {"a": "b"}
@@ -81,7 +81,7 @@ def test_update_miniwdl_cfg(tmp_path: Path) -> None:
     """A miniwdl config option is set without losing the others."""
     path = tmp_path / "miniwdl.cfg"
     path.write_text("[scheduler]\ncontainer_backend = podman_rootless\n")
-    doctor.update_miniwdl_cfg(str(path), "podman_rootless", "network", "none")
+    configfiles.update_miniwdl_cfg(str(path), "podman_rootless", "network", "none")
     parser = configparser.ConfigParser()
     parser.read(path)
     assert parser.get("scheduler", "container_backend") == "podman_rootless"

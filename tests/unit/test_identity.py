@@ -68,7 +68,7 @@ def test_unknown_user_or_group_fails_naming_it(user_spec: str) -> None:
 
 def test_root_image_uses_default_userns() -> None:
     """A root image runs as container root = the invoking user: no keep-id, no user override."""
-    ident = identity.plan(HOST, "img", ImageUser(spec=""))
+    ident = identity.decide(HOST, "img", ImageUser(spec=""))
     assert ident.userns == ""
     assert ident.user is None
     assert ident.home is None
@@ -77,7 +77,7 @@ def test_root_image_uses_default_userns() -> None:
 def test_non_root_image_uses_keep_id_dict_form() -> None:
     """An image USER maps onto the invoking user with keep-id uid=,gid= (dict form) and runs so."""
     user = identity.resolve_image_user("img", "app", PASSWD, GROUP)
-    ident = identity.plan(HOST, "img", user, home_exists=True)
+    ident = identity.decide(HOST, "img", user, home_exists=True)
     assert ident.userns == {"nsmode": "keep-id", "value": "uid=1500,gid=1600"}
     assert ident.user == "1500:1600"
     assert ident.home == "/home/app"
@@ -87,22 +87,22 @@ def test_non_root_image_uses_keep_id_dict_form() -> None:
 def test_missing_home_gets_private_tmpfs() -> None:
     """nobody's /nonexistent home gets a tmpfs there; a uid with no entry gets a fallback home."""
     nobody = identity.resolve_image_user("img", "nobody", PASSWD, GROUP)
-    ident = identity.plan(HOST, "img", nobody, home_exists=False)
+    ident = identity.decide(HOST, "img", nobody, home_exists=False)
     assert (ident.home, ident.home_tmpfs) == ("/nonexistent", "/nonexistent")
     anon = identity.resolve_image_user("img", "1000", PASSWD, GROUP)
-    ident = identity.plan(HOST, "img", anon)
+    ident = identity.decide(HOST, "img", anon)
     assert (ident.home, ident.home_tmpfs) == (identity.FALLBACK_HOME, identity.FALLBACK_HOME)
 
 
 def test_group_zero_is_replaced_for_keep_id() -> None:
     """An image user whose group is 0 runs with its own number as group (keep-id cannot map 0)."""
-    ident = identity.plan(HOST, "img", ImageUser(spec="1001", uid=1001, gid=0, home="/h"))
+    ident = identity.decide(HOST, "img", ImageUser(spec="1001", uid=1001, gid=0, home="/h"))
     assert ident.user == "1001:1001"
 
 
 def test_as_user_runs_as_invoking_ids() -> None:
     """[task_runtime] as_user: plain keep-id as the invoking uid:gid with a writable HOME."""
-    ident = identity.plan(HOST, "img", ImageUser(spec="app", resolved=False), as_user=True)
+    ident = identity.decide(HOST, "img", ImageUser(spec="app", resolved=False), as_user=True)
     assert ident.userns == "keep-id"
     assert ident.user == "1002:1002"
     assert ident.home_tmpfs == identity.FALLBACK_HOME
@@ -110,10 +110,10 @@ def test_as_user_runs_as_invoking_ids() -> None:
 
 def test_single_uid_mode_runs_root_images_and_refuses_others() -> None:
     """Without subuids, root images run as container root; a USER image fails with the fix."""
-    assert identity.plan(SINGLE, "img", ImageUser(spec="")).user == "0:0"
-    assert identity.plan(SINGLE, "img", ImageUser(spec="app", resolved=False), True).userns == ""
+    assert identity.decide(SINGLE, "img", ImageUser(spec="")).user == "0:0"
+    assert identity.decide(SINGLE, "img", ImageUser(spec="app", resolved=False), True).userns == ""
     with pytest.raises(IdentityError) as info:
-        identity.plan(SINGLE, "img", ImageUser(spec="app", resolved=False))
+        identity.decide(SINGLE, "img", ImageUser(spec="app", resolved=False))
     assert "no subordinate uid/gid range" in str(info.value)
     assert "usermod --add-subuids" in str(info.value)
 
@@ -128,7 +128,7 @@ def test_runs_as_root() -> None:
 
 
 def _payload(ident: identity.Identity, mode: str = "disable") -> Dict[str, Any]:
-    sec, relabel = mounts.selinux_plan(mode)
+    sec, relabel = mounts.selinux_options(mode)
     paths = mounts.TaskPaths("/mnt/c", "/r/work", "/r/stdout.txt", "/r/stderr.txt", "/r/command")
     s = spec.build(
         settings=settings.Settings(),
@@ -137,7 +137,7 @@ def _payload(ident: identity.Identity, mode: str = "disable") -> Dict[str, Any]:
         try_counter=1,
         image="img",
         container_dir="/mnt/c",
-        mounts=mounts.plan(
+        mounts=mounts.task_mounts(
             paths, {"/in/x": "/mnt/c/work/_miniwdl_inputs/0/x"}, True, relabel, ident.home_tmpfs
         ),
         identity=ident,
@@ -149,7 +149,7 @@ def _payload(ident: identity.Identity, mode: str = "disable") -> Dict[str, Any]:
 
 def test_image_user_payload_has_keep_id_user_home_and_tmpfs() -> None:
     """The create payload carries keep-id uid/gid, the user, HOME and a 1777 tmpfs."""
-    ident = identity.plan(HOST, "img", ImageUser(spec="1000", uid=1000, gid=1000))
+    ident = identity.decide(HOST, "img", ImageUser(spec="1000", uid=1000, gid=1000))
     p = _payload(ident)
     assert p["userns"] == {"nsmode": "keep-id", "value": "uid=1000,gid=1000"}
     assert p["user"] == "1000:1000"

@@ -24,7 +24,7 @@ INPUTS = {
 
 def test_plan_mounts_io_rw_inputs_ro_parents_first() -> None:
     """Work dir and std streams are read-write, command and inputs read-only, parents first."""
-    plan = mounts.plan(PATHS, INPUTS)
+    plan = mounts.task_mounts(PATHS, INPUTS)
     by_target = {m.target: m for m in plan}
     assert not by_target[f"{CDIR}/work"].read_only
     assert not by_target[f"{CDIR}/stdout.txt"].read_only
@@ -38,14 +38,14 @@ def test_plan_mounts_io_rw_inputs_ro_parents_first() -> None:
 
 def test_plan_without_bound_inputs_when_copied() -> None:
     """With copy_input_files, only the four task mounts remain."""
-    assert len(mounts.plan(PATHS, INPUTS, bind_inputs=False)) == 4
+    assert len(mounts.task_mounts(PATHS, INPUTS, bind_inputs=False)) == 4
 
 
 @pytest.mark.parametrize("bad", ["/data/new\nline", "/data/nul\0byte", "/data/\udcff"])
 def test_unmountable_paths_refused_naming_them(bad: str) -> None:
     """A path with a newline, NUL or non-UTF-8 byte is refused before any container starts."""
     with pytest.raises(Error.InputError) as info:
-        mounts.plan(PATHS, {bad: f"{CDIR}/work/_miniwdl_inputs/0/x"})
+        mounts.task_mounts(PATHS, {bad: f"{CDIR}/work/_miniwdl_inputs/0/x"})
     assert repr(bad) in str(info.value)
 
 
@@ -58,7 +58,7 @@ def _spec(**overrides: object) -> spec.ContainerSpec:
         try_counter=1,
         image="sha256:abc",
         container_dir=CDIR,
-        mounts=mounts.plan(PATHS, INPUTS),
+        mounts=mounts.task_mounts(PATHS, INPUTS),
         identity=identity.Identity(userns=""),
         env={"FOO": "bar baz"},
     )

@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 import pytest
 
-from miniwdl_podman import identity, libpod, mounts, plan, podman_facts, resources, settings, spec
+from miniwdl_podman import exits, gpu, identity, libpod, mounts, plan, podman_facts, settings, spec
 from miniwdl_podman.errors import ConfigError
 
 
@@ -24,7 +24,7 @@ def _info(version: str, controllers: List[str], rootless: bool = True) -> Any:
 
 def test_cgroup_v1_rootless_enforces_nothing_and_says_how_to_fix() -> None:
     """Rootless on cgroup v1: no limits, the reason names v1 and the fix names cgroup v2."""
-    enf = resources.enforcement(_info("v1", []))
+    enf = podman_facts.enforcement(_info("v1", []))
     assert (enf.cpu, enf.memory) == (False, False)
     assert "cgroup v1" in enf.why_not
     assert "systemd.unified_cgroup_hierarchy=1" in enf.fix
@@ -33,7 +33,7 @@ def test_cgroup_v1_rootless_enforces_nothing_and_says_how_to_fix() -> None:
 
 def test_cgroup_v2_with_delegated_controllers_enforces_both() -> None:
     """cpu and memory delegated: both limits asked for, as given."""
-    enf = resources.enforcement(_info("v2", ["cpuset", "cpu", "io", "memory", "pids"]))
+    enf = podman_facts.enforcement(_info("v2", ["cpuset", "cpu", "io", "memory", "pids"]))
     assert (enf.cpu, enf.memory) == (True, True)
     assert plan.hard_limits(enf, 3, 2 << 30) == ({"cpu": 3, "memory_bytes": 2 << 30}, [])
     assert plan.hard_limits(enf, 0, 0) == ({}, [])
@@ -41,7 +41,7 @@ def test_cgroup_v2_with_delegated_controllers_enforces_both() -> None:
 
 def test_cgroup_v2_without_cpu_controller_asks_only_for_memory() -> None:
     """An undelegated controller is never asked for (Podman would fail the container)."""
-    enf = resources.enforcement(_info("v2", ["memory", "pids"]))
+    enf = podman_facts.enforcement(_info("v2", ["memory", "pids"]))
     assert (enf.cpu, enf.memory) == (False, True)
     assert "cpu controller" in enf.why_not
     assert "Delegate=" in enf.fix
@@ -58,7 +58,7 @@ def test_limits_render_to_libpod_resource_limits() -> None:
         try_counter=1,
         image="img",
         container_dir="/c",
-        mounts=mounts.plan(paths, {}),
+        mounts=mounts.task_mounts(paths, {}),
         identity=identity.Identity(userns=""),
         limits={"cpu": 2, "memory_bytes": 1 << 30},
         devices=["nvidia.com/gpu=all"],
@@ -85,7 +85,7 @@ def test_killed_tasks_are_explained_with_the_memory_asked(
     code: int, oom: bool, limit: int, enforced: bool, needles: List[str]
 ) -> None:
     """OOMKilled or exit 137: a message with runtime.memory, the limit if any, and the fix."""
-    msg = resources.explain_kill(code, oom, 512 << 20, limit, enforced)
+    msg = exits.explain_kill(code, oom, exits.MemoryContext(512 << 20, limit, enforced))
     assert msg is not None
     assert "runtime.memory 512.0 MiB" in msg
     for needle in needles:
@@ -94,8 +94,8 @@ def test_killed_tasks_are_explained_with_the_memory_asked(
 
 def test_ordinary_failures_are_not_called_oom() -> None:
     """Exit codes other than 137, without OOMKilled, get no memory explanation."""
-    assert resources.explain_kill(1, False, 1 << 30, 1 << 30, True) is None
-    assert resources.explain_kill(143, False, 0, 0, False) is None
+    assert exits.explain_kill(1, False, exits.MemoryContext(1 << 30, 1 << 30, True)) is None
+    assert exits.explain_kill(143, False, exits.MemoryContext(0)) is None
 
 
 def test_cdi_kinds_from_yaml_and_json(tmp_path: Path) -> None:
@@ -103,12 +103,12 @@ def test_cdi_kinds_from_yaml_and_json(tmp_path: Path) -> None:
     (tmp_path / "nvidia.yaml").write_text('cdiVersion: "0.5.0"\nkind: nvidia.com/gpu\n')
     (tmp_path / "fake.json").write_text('{"cdiVersion": "0.5.0", "kind": "example.com/fake"}')
     (tmp_path / "notes.txt").write_text("kind: not.this/one\n")
-    kinds = resources.cdi_kinds([str(tmp_path), str(tmp_path / "missing")])
+    kinds = gpu.cdi_kinds([str(tmp_path), str(tmp_path / "missing")])
     assert set(kinds) == {"nvidia.com/gpu", "example.com/fake"}
-    assert resources.missing_cdi_devices(
+    assert gpu.missing_cdi_devices(
         ["nvidia.com/gpu=all", "example.com/fake=0", "amd.com/gpu=0"], [str(tmp_path)]
     ) == ["amd.com/gpu=0"]
-    assert resources.missing_cdi_devices(["nvidia.com/gpu=all"], [str(tmp_path / "x")]) == [
+    assert gpu.missing_cdi_devices(["nvidia.com/gpu=all"], [str(tmp_path / "x")]) == [
         "nvidia.com/gpu=all"
     ]
 

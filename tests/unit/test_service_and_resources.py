@@ -10,7 +10,7 @@ from typing import List, Tuple
 
 import pytest
 
-from miniwdl_podman import engine, resources, settings
+from miniwdl_podman import budget, capacity, engine, settings
 from miniwdl_podman.engine import connection, processes
 from miniwdl_podman.errors import PodmanUnavailable
 
@@ -94,7 +94,7 @@ def test_pool_size_covers_one_wait_per_task() -> None:
     assert engine.pool_size_for(1) >= 16
 
 
-def _peak_running(sched: resources.Scheduler, asks: List[Tuple[int, int, bool]]) -> int:
+def _peak_running(sched: budget.Scheduler, asks: List[Tuple[int, int, bool]]) -> int:
     """How many of the reservations ``asks`` (cpu, memory, gpu) were held at once, at most."""
     active: List[int] = []
     peak: List[int] = []
@@ -119,31 +119,31 @@ def _peak_running(sched: resources.Scheduler, asks: List[Tuple[int, int, bool]])
 
 def test_scheduler_never_oversubscribes() -> None:
     """Reservations of 2 cpu on a 2-cpu scheduler run one at a time."""
-    sched = resources.Scheduler(cpu=2, mem_bytes=1 << 30)
+    sched = budget.Scheduler(cpu=2, mem_bytes=1 << 30)
     assert _peak_running(sched, [(2, 1 << 20, False)] * 4) == 1
 
 
 def test_scheduler_runs_gpu_tasks_one_per_gpu_slot() -> None:
     """With one GPU slot, GPU tasks run one at a time though cpu and memory would fit more."""
-    sched = resources.Scheduler(cpu=8, mem_bytes=1 << 30, gpu_slots=1)
+    sched = budget.Scheduler(cpu=8, mem_bytes=1 << 30, gpu_slots=1)
     assert _peak_running(sched, [(1, 0, True)] * 4) == 1
 
 
 def test_scheduler_gpu_slots_leave_other_tasks_alone() -> None:
     """Tasks without runtime.gpu are not held back by a busy GPU slot."""
-    sched = resources.Scheduler(cpu=8, mem_bytes=1 << 30, gpu_slots=1)
+    sched = budget.Scheduler(cpu=8, mem_bytes=1 << 30, gpu_slots=1)
     assert _peak_running(sched, [(1, 0, True)] + [(1, 0, False)] * 3) == 4
 
 
 def test_scheduler_without_gpu_limit_runs_gpu_tasks_together() -> None:
     """gpu_concurrency 0 (no limit): GPU tasks are scheduled by cpu and memory alone."""
-    sched = resources.Scheduler(cpu=8, mem_bytes=1 << 30, gpu_slots=0)
+    sched = budget.Scheduler(cpu=8, mem_bytes=1 << 30, gpu_slots=0)
     assert _peak_running(sched, [(1, 0, True)] * 4) == 4
 
 
 def test_host_limits_are_positive() -> None:
     """Host limits report at least one CPU and some memory."""
-    limits = resources.host_limits()
+    limits = capacity.host_capacity()
     assert limits["cpu"] >= 1
     assert limits["mem_bytes"] > 0
 

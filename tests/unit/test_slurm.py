@@ -10,7 +10,7 @@ import pytest
 from WDL import Error
 from WDL.runtime.error import Interrupted
 
-from miniwdl_podman import __version__, errors, node, protocol, settings, slurm
+from miniwdl_podman import __version__, errors, exits, node, protocol, settings, slurm
 from miniwdl_podman import plan as plan_mod
 from miniwdl_podman.mounts import Mount
 
@@ -184,11 +184,12 @@ def test_classify_leaves_the_task_exit_to_the_task() -> None:
 
 def test_explain_kill_in_slurm_terms() -> None:
     """Exit 137 or an OOM state names the job's --mem and the fix; other exits say nothing."""
-    oom = slurm.explain_kill("OUT_OF_MEMORY", 137, False, job_id="5", memory_bytes=2**30)
+    # the backend counts an OUT_OF_MEMORY job state as the container's OOM kill
+    oom = exits.explain_kill(137, True, exits.MemoryContext(2**30, slurm_job="5"))
     assert oom and "ran out of memory" in oom and "--mem 1024 MiB" in oom
-    killed = slurm.explain_kill("FAILED", 137, False, job_id="5", memory_bytes=0)
+    killed = exits.explain_kill(137, False, exits.MemoryContext(0, slurm_job="5"))
     assert killed and "SIGKILL" in killed and "partition's default memory" in killed
-    assert slurm.explain_kill("FAILED", 1, False, job_id="5", memory_bytes=0) is None
+    assert exits.explain_kill(1, False, exits.MemoryContext(0, slurm_job="5")) is None
 
 
 def test_cluster_limits_from_sinfo() -> None:
@@ -226,14 +227,15 @@ def test_node_errors_come_back_as_the_same_kind() -> None:
         result = protocol.Result(node="n1", error=kind, message="m")
         return result.exception("on n1, Slurm job 7", plan.image)
 
-    assert isinstance(back("ImagePullFailed"), errors.ImagePullFailed)
-    assert isinstance(back("ContainerFailed"), errors.ContainerFailed)
-    assert isinstance(back("PodmanUnavailable"), errors.PodmanUnavailable)
-    assert isinstance(back("InputError"), Error.InputError)
-    assert isinstance(back("Interrupted"), Interrupted)
-    other = back("KeyError")
-    assert type(other) is errors.PodmanError and "KeyError" in str(other)
-    assert "(on n1, Slurm job 7)" in str(back("ContainerFailed"))
+    assert isinstance(back("image-pull"), errors.ImagePullFailed)
+    assert isinstance(back("container"), errors.ContainerFailed)
+    assert isinstance(back("podman-unavailable"), errors.PodmanUnavailable)
+    assert isinstance(back("input"), Error.InputError)
+    assert isinstance(back("interrupted"), Interrupted)
+    other = protocol.Result(node="n1", error=protocol.UNEXPECTED, message="KeyError: 'x'")
+    other_exn = other.exception("on n1, Slurm job 7", plan.image)
+    assert type(other_exn) is errors.BackendError and "KeyError" in str(other_exn)
+    assert "(on n1, Slurm job 7)" in str(back("container"))
 
 
 def test_every_error_kind_crosses_as_itself() -> None:
@@ -261,15 +263,15 @@ def test_files_of_another_version_are_refused_naming_both(tmp_path: Any) -> None
     job = protocol.read_job(files["json"])
     assert job.plan == plan and job.result == files["result"]
     raw = json.loads(Path(files["json"]).read_text())
-    for change in ({"format": 2, "package": "9.9"}, {"plan": {**raw["plan"], "new": 1}},
-                   {"later_field": True}):  # fmt: skip
+    newer = {"format": protocol.FORMAT + 1, "package": "9.9"}
+    for change in (newer, {"plan": {**raw["plan"], "new": 1}}, {"later_field": True}):
         (tmp_path / "bad.json").write_text(json.dumps({**raw, **change}))
         with pytest.raises(protocol.ProtocolError) as info:
             protocol.read_job(str(tmp_path / "bad.json"))
         assert "install the same version of miniwdl_podman" in str(info.value)
         assert f"this node runs miniwdl_podman {__version__}" in str(info.value)
-    assert "written by miniwdl_podman 9.9 (format 2)" in _refusal(
-        tmp_path, {**raw, "format": 2, "package": "9.9"}
+    assert f"written by miniwdl_podman 9.9 (format {protocol.FORMAT + 1})" in _refusal(
+        tmp_path, {**raw, **newer}
     )
     protocol.Result(node="n", exit_code=0).write(files["result"])
     assert protocol.read_result(files["result"]) == protocol.Result(node="n", exit_code=0)

@@ -1,0 +1,68 @@
+"""The ``miniwdl-podman`` command: ``doctor`` (checks and ``--fix``), and ``node-run`` (the
+Slurm backend's node helper, started by each task's job)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from typing import List, Optional
+
+from . import doctor_fixes
+from .doctor import FAIL, WARN, Check, Doctor
+
+
+def _print(checks: List[Check]) -> None:
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        print(f"{c.status:4}  {c.name:{width}}  {c.detail}")
+        if c.fix and c.status in (WARN, FAIL):
+            print(f"{'':4}  {'':{width}}  fix: {c.fix}")
+
+
+def doctor_main(argv: Optional[List[str]] = None) -> int:
+    """``miniwdl-podman doctor [--fix] [--json] [--image IMAGE]``."""
+    parser = argparse.ArgumentParser(
+        prog="miniwdl-podman doctor",
+        description="Check that rootless Podman works here for miniwdl's podman_rootless backend.",
+    )
+    parser.add_argument("--fix", action="store_true", help="apply the fixes a user can (no root)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--image", help="image for the test container (pulled if needed)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.CRITICAL)
+    doc = Doctor(image=args.image)
+    checks = doc.run()
+    fixes: List[str] = []
+    if args.fix:
+        fixes = doctor_fixes.apply(
+            checks, uid=doc.uid, cfg_path=doc.cfg_path, settings=doc.settings, logger=doc.logger
+        )
+        if fixes:
+            checks = Doctor(image=args.image).run()
+    failed = any(c.status == FAIL for c in checks)
+    if args.json:
+        print(json.dumps({"checks": [asdict(c) for c in checks], "fixed": fixes,
+                          "ok": not failed}, indent=2))  # fmt: skip
+    else:
+        for line in fixes:
+            print(f"FIXED {line}")
+        _print(checks)
+        if failed and not args.fix and any(c.action for c in checks if c.status == FAIL):
+            print("\nrun `miniwdl-podman doctor --fix` to apply the fixes marked `--fix does`")
+    return 1 if failed else 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``miniwdl-podman SUBCOMMAND``: ``doctor``, or ``node-run``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "node-run":
+        from . import node
+
+        return node.main(argv[1:])
+    if not argv or argv[0] in ("-h", "--help") or argv[0] != "doctor":
+        print("usage: miniwdl-podman doctor [--fix] [--json] [--image IMAGE]", file=sys.stderr)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    return doctor_main(argv[1:])
