@@ -113,7 +113,13 @@ class PodmanTaskContainer(TaskContainer):
         """The command script and the host mount points (owned by the invoking user); an input
         that vanished since miniwdl checked it is named."""
         try:
-            with open(os.path.join(self.host_dir, "command"), "w") as outfile:
+            # surrogateescape: an input path that is not UTF-8 keeps its bytes in the script
+            with open(
+                os.path.join(self.host_dir, "command"),
+                "w",
+                encoding="utf-8",
+                errors="surrogateescape",
+            ) as outfile:
                 outfile.write(command)
             self.touch_mount_point(self.host_stdout_txt())
             self.touch_mount_point(self.host_stderr_txt())

@@ -31,9 +31,16 @@ def doctor_main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--fix", action="store_true", help="apply the fixes a user can (no root)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument("--image", help="image for the test container (pulled if needed)")
+    parser.add_argument(
+        "--node",
+        action="store_true",
+        default=None,
+        help="check this host as a compute node of podman_rootless_slurm: the node helper's"
+        " private service, node_storage, node_python (implied inside a Slurm job)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.CRITICAL)
-    doc = Doctor(image=args.image)
+    doc = Doctor(image=args.image, node=args.node)
     checks = doc.run()
     fixes: List[str] = []
     if args.fix:
@@ -41,7 +48,7 @@ def doctor_main(argv: Optional[List[str]] = None) -> int:
             checks, uid=doc.uid, cfg_path=doc.cfg_path, settings=doc.settings, logger=doc.logger
         )
         if fixes:
-            checks = Doctor(image=args.image).run()
+            checks = Doctor(image=args.image, node=args.node).run()
     failed = any(c.status == FAIL for c in checks)
     if args.json:
         print(json.dumps({"checks": [asdict(c) for c in checks], "fixed": fixes,
@@ -63,6 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         return node.main(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] != "doctor":
-        print("usage: miniwdl-podman doctor [--fix] [--json] [--image IMAGE]", file=sys.stderr)
+        print("usage: miniwdl-podman doctor [--fix] [--json] [--image IMAGE] [--node]",
+              file=sys.stderr)  # fmt: skip
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return doctor_main(argv[1:])

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from WDL.runtime import config as wdl_config
 
-from . import host, identity, mounts, podman_facts, storage
+from . import __version__, host, identity, mounts, podman_facts, storage
 from . import plan as plan_mod
 from . import settings as settings_mod
 from .engine import Engine, ImageRef, processes
@@ -55,8 +55,17 @@ class Check:
 class Doctor:
     """Runs the checks (and fixes) for the invoking user."""
 
-    def __init__(self, image: Optional[str] = None, logger: Optional[logging.Logger] = None):
+    def __init__(
+        self,
+        image: Optional[str] = None,
+        logger: Optional[logging.Logger] = None,
+        node: Optional[bool] = None,
+    ):
+        """``node``: check this host as a compute node of ``podman_rootless_slurm`` (what the
+        node helper uses); None: when run inside a Slurm job with that backend selected."""
         self.image = image
+        self.node = node
+        self.slurm_settings: Optional[settings_mod.SlurmSettings] = None
         self.logger = logger or logging.getLogger("miniwdl-podman.doctor")
         self.uid = os.geteuid()
         self.user = pwd.getpwuid(self.uid).pw_name
@@ -75,6 +84,7 @@ class Doctor:
             self.check_environment,
             self.check_subids,
             self.check_config,
+            self.check_node,
             self.check_service,
             self.check_oci_runtime,
             self.check_storage,
@@ -203,7 +213,26 @@ class Doctor:
             self.add("miniwdl config", FAIL, f"{where}: {exn}", "fix the option named above")
             return
         backend = self.cfg.get("scheduler", "container_backend", "docker_swarm")
-        if backend == "podman_rootless_slurm":
+        if self.node is None:
+            self.node = backend == "podman_rootless_slurm" and "SLURM_JOB_ID" in os.environ
+        if self.node:
+            try:
+                self.slurm_settings = settings_mod.load_slurm(self.cfg)
+            except BackendError as exn:
+                self.add("miniwdl config", FAIL, f"{where}: {exn}", "fix the option named above")
+                self.settings = None
+                return
+            ss = self.slurm_settings
+            # what the node helper runs with: a private cgroupfs service, the node's store
+            self.settings = settings_mod.node_settings(
+                self.settings,
+                os.path.expandvars(ss.node_storage),
+                os.path.expandvars(ss.node_runtime_dir),
+            )
+            self.add("miniwdl config", PASS, f"{where}: container_backend = {backend}; checking"
+                     " this host as a compute node: the node helper's private service (cgroupfs),"
+                     " node_storage and node_python", data={"file": self.cfg_path})  # fmt: skip
+        elif backend == "podman_rootless_slurm":
             self.add("miniwdl config", PASS, f"{where}: container_backend ="
                      " podman_rootless_slurm (tasks run as Slurm jobs; the checks below are of"
                      " this host's Podman: run `srun miniwdl-podman doctor` for a compute"
@@ -221,6 +250,60 @@ class Doctor:
         else:
             self.add("miniwdl config", PASS, f"{where}: container_backend = podman_rootless",
                      data={"file": self.cfg_path})  # fmt: skip
+
+    def check_node(self) -> None:
+        """On a compute node: the node storage the helper will use, and node_python."""
+        ss = self.slurm_settings
+        if not self.node or ss is None:
+            return
+        option = f"[{settings_mod.SLURM_SECTION}]"
+        storage = os.path.expandvars(ss.node_storage)
+        if not storage:
+            self.add("node storage", INFO, "node_storage is empty: the node helper uses your"
+                     " own Podman store on the node")  # fmt: skip
+        else:
+            try:
+                os.makedirs(storage, mode=0o700, exist_ok=True)
+                usable = os.access(storage, os.W_OK | os.X_OK)
+                problem = "" if usable else "not writable by you"
+            except OSError as exn:
+                problem = str(exn.strerror)
+            kind = host.fs_type(storage)
+            if problem:
+                self.add("node storage", FAIL, f"node_storage {storage}: {problem}",
+                         f"set {option} node_storage to a directory of yours on node-local disk"
+                         " (e.g. /tmp/miniwdl-podman-$USER)")  # fmt: skip
+            elif host.is_network_fs(kind):
+                self.add("node storage", FAIL, f"node_storage {storage} is on a network file"
+                         f" system ({kind}), where rootless container storage breaks or crawls",
+                         f"set {option} node_storage to node-local disk")  # fmt: skip
+            else:
+                free, _total = host.free_space(storage)
+                self.add("node storage", PASS, f"{storage} ({kind}), {free >> 30} GiB free",
+                         data={"path": storage, "fs_type": kind})  # fmt: skip
+        python = ss.node_python or sys.executable
+        probe = "import sys, miniwdl_podman; sys.stdout.write(miniwdl_podman.__version__)"
+        try:
+            out = subprocess.run([python, "-c", probe], capture_output=True, text=True,
+                                 timeout=120, env=processes.podman_environ(os.environ))  # fmt: skip
+            got, said = (out.stdout.strip(), "") if out.returncode == 0 else ("", out.stderr)
+        except (OSError, subprocess.SubprocessError) as exn:
+            got, said = "", str(exn)
+        fix = (
+            f"install miniwdl_podman {__version__} for {python} on the compute nodes, or set"
+            f" {option} node_python to a Python that has it"
+        )
+        if got == __version__:
+            self.add("node python", PASS, f"{python} imports miniwdl_podman {got}",
+                     data={"python": python, "version": got})  # fmt: skip
+        elif got:
+            self.add("node python", FAIL, f"{python} imports miniwdl_podman {got}, but this is"
+                     f" {__version__}: the node helper refuses a job of another version", fix,
+                     data={"python": python, "version": got})  # fmt: skip
+        else:
+            tail = said.strip().splitlines()[-1] if said.strip() else "no answer"
+            self.add("node python", FAIL, f"{python} cannot import miniwdl_podman: {tail}", fix,
+                     data={"python": python})  # fmt: skip
 
     def check_service(self) -> None:
         if self.settings is None:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 from WDL._util import StructuredLogMessage as _
 
-from . import gpu, identity, ownership, usage
+from . import gpu, identity, ownership, staging, usage
 from . import spec as spec_mod
 from ._once import Once
 from .engine import Engine, ImageRef, Running
@@ -73,12 +73,15 @@ class Launcher:
         return self._image_facts.get(ref.id, probe)[0]
 
     def spec(
-        self, plan: TaskPlan, logger: logging.Logger
+        self,
+        plan: TaskPlan,
+        logger: logging.Logger,
+        aliases: Optional[Dict[str, str]] = None,
     ) -> Tuple[spec_mod.ContainerSpec, identity.Identity]:
         """Resolve image, identity and devices, and compute the container spec."""
         devices = gpu.gpu_devices(self.settings) if plan.gpu else []
         facts = self.image_facts(plan, logger)
-        spec, ident = spec_mod.resolve(plan, facts, self.host, self.settings, devices)
+        spec, ident = spec_mod.resolve(plan, facts, self.host, self.settings, devices, aliases)
         logger.info(
             _(
                 "task identity",
@@ -107,9 +110,16 @@ class Launcher:
         return spec, ident
 
     def start(self, plan: TaskPlan, logger: logging.Logger) -> TaskRun:
-        """Start the plan's container: a :class:`TaskRun` the caller polls and closes."""
-        spec, _ident = self.spec(plan, logger)
-        return TaskRun(self.engine.containers.start(spec, logger))
+        """Start the plan's container: a :class:`TaskRun` the caller polls and closes. Paths
+        the API cannot carry are staged or aliased first (:mod:`~miniwdl_podman.staging`) and
+        put back when the run is closed."""
+        prepared = staging.prepare(plan, logger)
+        try:
+            spec, _ident = self.spec(plan, logger, prepared.aliases)
+            return TaskRun(self.engine.containers.start(spec, logger), prepared)
+        except BaseException:
+            prepared.close()
+            raise
 
     def settle_ownership(self, roots: List[str], logger: logging.Logger) -> None:
         """Give back files the task left owned by other uids, or fail naming them.
@@ -142,8 +152,9 @@ class TaskRun:
     """A task's running container, sampled for usage while the caller waits on it; a context
     manager (closing removes the container)."""
 
-    def __init__(self, container: Running) -> None:
+    def __init__(self, container: Running, prepared: staging.Prepared) -> None:
         self.container = container
+        self.prepared = prepared
         self._t0 = time.monotonic()
         self._pid = -1
         self._tracker = usage.UsageTracker()
@@ -171,4 +182,7 @@ class TaskRun:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.container.__exit__(*exc)
+        try:
+            self.container.__exit__(*exc)
+        finally:
+            self.prepared.close()

@@ -4,9 +4,21 @@ Pure functions only (no Podman, no file system writes). Inputs are mounted in si
 read-only at the container paths miniwdl chose (``input_path_map``); the task's work directory,
 ``stdout.txt`` and ``stderr.txt`` read-write; the command script read-only; exactly as miniwdl's
 other backends lay out ``/mnt/miniwdl_task_container``. Mounts are structured (source and target
-are separate JSON strings), so ``:``, ``,``, ``=`` and spaces in paths need no escaping. A path
-that Podman cannot carry (one with a newline, a NUL or bytes that are not UTF-8) is refused
-here, before any container exists, with the path named.
+are separate JSON strings), so ``:``, ``,``, ``=`` and spaces in paths need no escaping.
+
+A POSIX file name may hold every byte but ``/`` and NUL; the API cannot carry all of them (JSON
+strings are Unicode: bytes that are not UTF-8 cannot travel, and control characters are not
+trusted to). Such names are planned around, never refused and never renamed (:func:`api_safe`
+tells them apart):
+
+- a *source* (host path) that the API cannot carry is given a safe alias, a symlink made just
+  before the container starts (:mod:`~miniwdl_podman.staging`): the kernel follows it when it
+  mounts, so the container sees the real file;
+- a *target* (an input's container path, whose last part is the input's own name) that the API
+  cannot carry is :class:`Staged`: its directory ``_miniwdl_inputs/N`` (a safe name) is mounted
+  read-only from the work dir, where the input is put under its exact name (a hard link, or a
+  copy across file systems) for the task's run; the other inputs of that directory are mounted
+  on top of it as usual.
 """
 
 from __future__ import annotations
@@ -61,18 +73,27 @@ def selinux_enforcing(path: str = "/sys/fs/selinux/enforce") -> bool:
         return False
 
 
-def check_path(path: str) -> None:
-    """Refuse a path that a mount specification cannot carry, naming it."""
-    bad = "\n" in path or "\r" in path or "\0" in path
+def api_safe(path: str) -> bool:
+    """Whether the Podman API carries ``path`` byte for byte: UTF-8 (no bytes that Python
+    decoded as surrogates) without control characters."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        return False
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:
-        bad = True
-    if bad:
-        raise Error.InputError(
-            "path cannot be mounted into a Podman container (it contains a newline, NUL or"
-            f" non-UTF-8 bytes); rename it: {path!r}"
-        )
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Staged:
+    """An input whose container path the API cannot carry: for the task's run its content is
+    put at ``host_path`` (its container path, in the host work dir: a directory mounted
+    read-only), under its exact name."""
+
+    source: str  # the input on the host
+    host_path: str
+    directory: bool
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,22 @@ class TaskPaths:
     host_stdout: str
     host_stderr: str
     host_command: str
+
+
+def _host_work_path(paths: TaskPaths, container_path: str) -> str:
+    """Where the container path (under the work dir) lies in the host work dir."""
+    work = os.path.join(paths.container_dir, "work")
+    assert container_path.startswith(work + "/"), container_path
+    return paths.host_work_dir + container_path[len(work) :]
+
+
+def staged_inputs(paths: TaskPaths, input_path_map: Mapping[str, str]) -> List[Staged]:
+    """The inputs to stage (their container paths hold what the API cannot carry)."""
+    return [
+        Staged(host.rstrip("/"), _host_work_path(paths, target.rstrip("/")), host.endswith("/"))
+        for host, target in sorted(input_path_map.items(), key=lambda kv: kv[1])
+        if not api_safe(target.rstrip("/"))
+    ]
 
 
 def task_mounts(
@@ -100,6 +137,8 @@ def task_mounts(
     ``bind_inputs`` false (``[file_io] copy_input_files``), the inputs were copied into the work
     directory and are not mounted separately. ``relabel`` (SELinux ``z``/``Z``) applies only to
     the mounts the backend owns, never to inputs. ``tmpfs``: a path to give a private tmpfs.
+    Inputs whose container path the API cannot carry are :func:`staged_inputs`: their
+    directory is mounted read-only from the work dir instead.
     """
     cdir = paths.container_dir
     ans = [
@@ -109,14 +148,19 @@ def task_mounts(
         Mount(paths.host_work_dir, os.path.join(cdir, "work"), False, relabel),
     ]
     if bind_inputs:
+        inputs = [
+            Mount(host_path.rstrip("/"), container_path.rstrip("/"), read_only=True)
+            for host_path, container_path in input_path_map.items()
+            if api_safe(container_path.rstrip("/"))
+        ]
+        staged_dirs = {os.path.dirname(s.host_path) for s in staged_inputs(paths, input_path_map)}
+        for host_dir in sorted(staged_dirs):
+            target = os.path.join(cdir, "work") + host_dir[len(paths.host_work_dir) :]
+            if not api_safe(target):
+                raise Error.InputError(f"cannot mount the inputs' directory {target!r}")
+            inputs.append(Mount(host_dir, target, read_only=True))
         # parents before children, so an input nested in another input's directory stays visible
-        for host_path, container_path in sorted(
-            input_path_map.items(), key=lambda kv: kv[1].rstrip("/")
-        ):
-            ans.append(Mount(host_path.rstrip("/"), container_path.rstrip("/"), read_only=True))
-    for m in ans:
-        check_path(m.source)
-        check_path(m.target)
+        ans += sorted(inputs, key=lambda m: m.target)
     if tmpfs:
         ans.append(Mount("tmpfs", tmpfs, read_only=False, kind="tmpfs"))
     return ans

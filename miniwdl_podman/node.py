@@ -22,32 +22,13 @@ import signal
 import socket
 import sys
 import threading
-from dataclasses import asdict
 from typing import Any, List, Optional
 
 from WDL.runtime.error import Terminated
 
 from . import protocol
 from .runtime import Runtime, open_runtime
-from .settings import Settings
-
-
-def node_settings(settings: Settings, storage: str, runtime_dir: str) -> Settings:
-    """The compute node's settings: the user's ``[podman_rootless]`` ones, but always a
-    private service inside the job (cgroupfs manager, so the container stays in the job's
-    cgroup), on node-local storage when ``storage`` is set."""
-    args: List[str] = ["--cgroup-manager=cgroupfs"]
-    if storage:
-        args += ["--root", os.path.join(storage, "root"), "--runroot", os.path.join(storage, "run")]
-    return Settings(
-        **{
-            **asdict(settings),
-            "socket": "",
-            "service": "private",
-            "runtime_dir": runtime_dir,
-            "service_args": tuple(args) + tuple(settings.service_args),
-        }
-    )
+from .settings import node_settings
 
 
 def _logger() -> logging.Logger:
@@ -75,7 +56,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.error("%s", exn)
         where = protocol.result_path_of(args[0])
         if where:
-            protocol.Result(node=node, error="ProtocolError", message=str(exn)).write(where)
+            kind = protocol.error_kind(exn) or protocol.UNEXPECTED
+            protocol.Result(node=node, error=kind, message=str(exn)).write(where)
         return 1
     me = os.environ.get("SLURM_JOB_ID") or f"{node}:{os.getpid()}"
     holder = protocol.claim(job.claim, me)

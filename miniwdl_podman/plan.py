@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import mounts
-from .mounts import Mount
+from .mounts import Mount, Staged
 from .podman_facts import Enforcement
 from .settings import Settings
 
@@ -40,6 +40,8 @@ class TaskPlan:
     gpu: bool = False
     # host paths the task may write, scanned afterwards for files owned by other uids
     writable: List[str] = field(default_factory=list)
+    # inputs put in place under their exact names for the run (names the API cannot carry)
+    staged: List[Staged] = field(default_factory=list)
 
     @property
     def image_label(self) -> str:
@@ -55,6 +57,7 @@ class TaskPlan:
         """The plan back from :meth:`to_json`."""
         raw: Dict[str, Any] = json.loads(text)
         raw["mounts"] = [Mount(**m) for m in raw["mounts"]]
+        raw["staged"] = [Staged(**m) for m in raw.get("staged", [])]
         return TaskPlan(**raw)
 
 
@@ -121,4 +124,5 @@ def task_plan(
         limits=dict(limits),
         gpu=bool(runtime_values.get("gpu", False)),
         writable=[paths.host_work_dir, paths.host_stdout, paths.host_stderr],
+        staged=mounts.staged_inputs(paths, input_path_map) if bind_inputs else [],
     )

@@ -125,7 +125,9 @@ class Enforcement:
 
     cpu: bool
     memory: bool
-    why_not: str = ""
+    why_not: str = ""  # what keeps the others from being enforced ("" when both are)
+
+    # how to make them enforceable
     fix: str = ""
 
 

@@ -9,10 +9,11 @@ by the environment variable ``MINIWDL__PODMAN_ROOTLESS__<OPTION>`` (miniwdl's us
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Tuple
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Dict, List, Tuple
 
 from .errors import ConfigError
 
@@ -302,4 +303,25 @@ def load_slurm(cfg: Any) -> SlurmSettings:
     """Read every ``[podman_rootless_slurm]`` option from a miniwdl ``config.Loader``."""
     return slurm_from_mapping(
         {key: cfg.get(SLURM_SECTION, key, default) for key, (default, _) in SLURM_DEFAULTS.items()}
+    )
+
+
+# -- on a compute node ---------------------------------------------------------------------
+
+
+def node_settings(settings: Settings, storage: str, runtime_dir: str) -> Settings:
+    """The compute node's settings: the user's ``[podman_rootless]`` ones, but always a
+    private service inside the job (cgroupfs manager, so the container stays in the job's
+    cgroup), on node-local storage when ``storage`` is set."""
+    args: List[str] = ["--cgroup-manager=cgroupfs"]
+    if storage:
+        args += ["--root", os.path.join(storage, "root"), "--runroot", os.path.join(storage, "run")]
+    return Settings(
+        **{
+            **asdict(settings),
+            "socket": "",
+            "service": "private",
+            "runtime_dir": runtime_dir,
+            "service_args": tuple(args) + tuple(settings.service_args),
+        }
     )

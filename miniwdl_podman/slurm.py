@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
 
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime.error import Terminated
@@ -32,6 +32,7 @@ from WDL.runtime.error import Terminated
 from . import _backoff, exits
 from .errors import ContainerFailed
 from .host import pid_alive
+from .mounts import api_safe
 from .settings import SLURM_SECTION, SlurmSettings
 
 COMMENT_PREFIX = "miniwdl-podman:"
@@ -62,7 +63,17 @@ def sbatch_args(
     comment: str,
     command: Sequence[str],
 ) -> List[str]:
-    """The ``sbatch`` command line for one task attempt (everything but the executable)."""
+    """The ``sbatch`` command line for one task attempt (everything but the executable).
+
+    Slurm reads ``%`` and ``\\`` in ``--output`` as its filename patterns and cannot open a
+    path with bytes that are not UTF-8: when ``output`` or ``workdir`` holds any of them (see
+    :func:`slurm_path_safe`), the job's own shell writes the log (``exec >>LOG``, the path
+    quoted in the script byte for byte) and the job starts in ``/``.
+    """
+    wrap = "exec " + " ".join(shlex.quote(c) for c in command)
+    if not (slurm_path_safe(output) and slurm_path_safe(workdir)):
+        wrap = f"exec >>{shlex.quote(output)} 2>&1; {wrap}"
+        output, workdir = "/dev/null", "/"
     args = [
         "--parsable",
         f"--job-name={job_name}",
@@ -90,8 +101,13 @@ def sbatch_args(
         # extra_args: the task's own runtime.memory wins; tasks without it keep the default
         extra = _drop_options(extra, ("--mem-per-cpu", "--mem-per-gpu"))
     args.extend(extra)
-    args.append("--wrap=exec " + " ".join(shlex.quote(c) for c in command))
+    args.append(f"--wrap={wrap}")
     return args
+
+
+def slurm_path_safe(path: str) -> bool:
+    """Whether sbatch takes ``path`` as ``--output``/``--chdir`` byte for byte."""
+    return api_safe(path) and "%" not in path and "\\" not in path
 
 
 def _drop_options(args: Sequence[str], names: Sequence[str]) -> List[str]:
@@ -110,20 +126,31 @@ def _drop_options(args: Sequence[str], names: Sequence[str]) -> List[str]:
     return ans
 
 
-def job_comment(pid: int, host: str, token: str) -> str:
-    """The comment that marks a job as ours: a later run reaps jobs whose process is gone, and
-    ``token`` (one per submission) finds a job whose submission seemed to fail."""
-    return f"{COMMENT_PREFIX}{pid}@{host}/{token}"
+class Owner(NamedTuple):
+    """The miniwdl process that submitted a job: pid and start time (``started``: empty in
+    older runs' comments) on ``host``."""
+
+    pid: int
+    host: str
+    started: str = ""
 
 
-def parse_comment(comment: str) -> Optional[Tuple[int, str]]:
-    """(pid, host) from :func:`job_comment`'s text; None for other jobs."""
+def job_comment(pid: int, started: str, host: str, token: str) -> str:
+    """The comment that marks a job as ours: a later run reaps jobs whose process is gone (its
+    pid no longer runs, or runs another process: another start time), and ``token`` (one per
+    submission) finds a job whose submission seemed to fail."""
+    return f"{COMMENT_PREFIX}{pid}{'.' + started if started else ''}@{host}/{token}"
+
+
+def parse_comment(comment: str) -> Optional[Owner]:
+    """The :class:`Owner` from :func:`job_comment`'s text; None for other jobs."""
     if not comment.startswith(COMMENT_PREFIX):
         return None
-    pid, sep, rest = comment[len(COMMENT_PREFIX) :].partition("@")
-    if not sep or not pid.isdigit():
+    who, sep, rest = comment[len(COMMENT_PREFIX) :].partition("@")
+    pid, _dot, started = who.partition(".")
+    if not sep or not pid.isdigit() or not (started == "" or started.isdigit()):
         return None
-    return int(pid), rest.split("/", 1)[0]
+    return Owner(int(pid), rest.split("/", 1)[0], started)
 
 
 # what sbatch says when Slurm's controller is down, restarting, failing over or overloaded:
@@ -278,6 +305,7 @@ class Slurm:
             [self._exe(name), *args],
             capture_output=True,
             text=True,
+            errors="surrogateescape",  # paths Slurm echoes back keep their bytes
             timeout=timeout,
             env=_clean_env(),
         )
@@ -287,7 +315,7 @@ class Slurm:
         try:
             proc = subprocess.run(
                 [self.sbatch_exe, *args], capture_output=True, text=True, timeout=120,
-                env=_clean_env(),
+                errors="surrogateescape", env=_clean_env(),
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             return "", "sbatch did not answer within 120 s"
@@ -422,7 +450,12 @@ class Slurm:
         dead = []
         for job in jobs.values():
             owner = parse_comment(job.comment)
-            if owner and owner[1] == host and not job.terminal and not pid_alive(owner[0]):
+            if (
+                owner
+                and owner.host == host
+                and not job.terminal
+                and not pid_alive(owner.pid, owner.started)
+            ):
                 dead.append(job.job_id)
         if dead:
             logger.warning(_("cancelling Slurm jobs left by a dead miniwdl run", jobs=dead))

@@ -35,6 +35,7 @@ from . import slurm as slurm_mod
 from ._logging import notice
 from .base import PodmanTaskContainer
 from .errors import BackendError, ContainerFailed
+from .host import own_start_time
 from .plan import TaskPlan
 
 # how long a finished job's result file may take to show on the login node (NFS caching)
@@ -131,7 +132,9 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             storage=ss.node_storage,
             runtime_dir=ss.node_runtime_dir,
         )
-        comment = slurm_mod.job_comment(os.getpid(), socket.gethostname(), uuid.uuid4().hex[:12])
+        comment = slurm_mod.job_comment(
+            os.getpid(), own_start_time(), socket.gethostname(), uuid.uuid4().hex[:12]
+        )
         args = slurm_mod.sbatch_args(
             ss,
             job_name=f"miniwdl-{self.run_id}"[:100],

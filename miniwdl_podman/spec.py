@@ -10,6 +10,7 @@ create request.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 import socket
@@ -65,7 +66,10 @@ def labels(run_id: str, task_dir: str) -> Dict[str, str]:
         LABEL_PID: str(os.getpid()),
         LABEL_PID_STARTED: host.own_start_time(),
         LABEL_HOST: socket.gethostname(),
-        LABEL_TASK_DIR: task_dir,
+        # readable, and sendable whatever bytes the path holds (\xff for a byte not UTF-8)
+        LABEL_TASK_DIR: task_dir.encode("utf-8", "surrogateescape").decode(
+            "utf-8", "backslashreplace"
+        ),
     }
 
 
@@ -86,43 +90,36 @@ def probe_spec(image_id: str) -> ContainerSpec:
 
 
 def build(
+    plan: TaskPlan,
     *,
     settings: Settings,
-    run_id: str,
-    task_dir: str,
-    try_counter: int,
     image: str,
-    container_dir: str,
-    mounts: Sequence[Mount],
     identity: identity_mod.Identity,
-    security_opt: Sequence[str] = (),
-    env: Optional[Mapping[str, str]] = None,
-    privileged: bool = False,
-    network: Optional[str] = None,
-    limits: Optional[Mapping[str, int]] = None,
+    mounts: Optional[Sequence[Mount]] = None,
     devices: Sequence[str] = (),
 ) -> ContainerSpec:
-    """Compute the ContainerSpec for one attempt of a task."""
+    """The ContainerSpec of the plan's task attempt, run as ``identity`` in the local image
+    ``image`` (``mounts``: the plan's, unless given)."""
     shell = settings.command_shell
-    environment = {str(k): str(v) for k, v in (env or {}).items()}
+    environment = {str(k): str(v) for k, v in plan.env.items()}
     if identity.home and "HOME" not in environment:
         environment["HOME"] = identity.home
     return ContainerSpec(
-        name=container_name(run_id, try_counter),
+        name=container_name(plan.run_id, plan.try_counter),
         image=image,
         # same redirections as miniwdl's other backends: the command script reads nothing from
         # stdin and appends to the mounted stdout.txt/stderr.txt
         command=["/bin/sh", "-c", f"{shell} ../command >> ../stdout.txt 2>> ../stderr.txt"],
-        working_dir=os.path.join(container_dir, "work"),
-        mounts=list(mounts),
+        working_dir=os.path.join(plan.container_dir, "work"),
+        mounts=list(plan.mounts if mounts is None else mounts),
         identity=identity,
         environment=environment,
-        labels=labels(run_id, task_dir),
-        network=settings.network if network is None else network,
+        labels=labels(plan.run_id, plan.task_dir),
+        network=plan.network,
         init=settings.init,
-        privileged=privileged,
-        security_opt=list(security_opt),
-        limits=dict(limits or {}),
+        privileged=plan.privileged,
+        security_opt=list(plan.security_opt),
+        limits=dict(plan.limits),
         devices=list(devices),
     )
 
@@ -144,29 +141,23 @@ def resolve(
     host_ids: identity_mod.HostIds,
     settings: Settings,
     devices: Sequence[str] = (),
+    aliases: Optional[Mapping[str, str]] = None,
 ) -> Tuple[ContainerSpec, identity_mod.Identity]:
     """The plan resolved against its image and the host's ids: (the spec, the task's
-    identity). Pure, apart from the container's unique name and labels."""
+    identity). ``aliases``: plain paths for mount sources the API cannot carry
+    (:mod:`~miniwdl_podman.staging`). Pure, apart from the container's unique name and
+    labels."""
     ident = identity_mod.decide(
         host_ids, plan.image_label, image.user, settings.as_user, image.home_exists
     )
-    mounts = list(plan.mounts)
+    aliases = aliases or {}
+    mounts = [
+        dataclasses.replace(m, source=aliases[m.source]) if m.source in aliases else m
+        for m in plan.mounts
+    ]
     if ident.home_tmpfs:
         mounts.append(Mount("tmpfs", ident.home_tmpfs, read_only=False, kind="tmpfs"))
     spec = build(
-        settings=settings,
-        run_id=plan.run_id,
-        task_dir=plan.task_dir,
-        try_counter=plan.try_counter,
-        image=image.id,
-        container_dir=plan.container_dir,
-        mounts=mounts,
-        identity=ident,
-        security_opt=plan.security_opt,
-        env=plan.env,
-        privileged=plan.privileged,
-        network=plan.network,
-        limits=plan.limits,
-        devices=devices,
+        plan, settings=settings, image=image.id, identity=ident, mounts=mounts, devices=devices
     )
     return spec, ident

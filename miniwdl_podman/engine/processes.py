@@ -286,6 +286,7 @@ def unshare_chown(podman_exe: str, paths: List[str]) -> Optional[str]:
                 [exe, "unshare", "chown", "-h", "0:0", "--", *chunk],
                 capture_output=True,
                 text=True,
+                errors="replace",  # its message may quote a path that is not UTF-8
                 timeout=600,
                 env=podman_environ(os.environ),
             )

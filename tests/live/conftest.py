@@ -119,14 +119,16 @@ class Miniwdl:
         args: Optional[List[str]] = None,
         capture: bool = True,
         wrapper: Sequence[str] = (),
+        run_dir: Optional[Path] = None,
     ) -> Tuple[subprocess.Popen[str], Path]:
         """Launch ``miniwdl run`` in the background; (the process, its run directory).
         Without ``capture`` its output is discarded (a process nobody reads from must not
-        block on a full pipe). ``wrapper``: a command that execs its arguments (miniwdl)."""
+        block on a full pipe). ``wrapper``: a command that execs its arguments (miniwdl);
+        ``run_dir``: the run directory (default: a new one under the test's tmp_path)."""
         self.runs += 1
         wdl_path = self.tmp_path / f"test{self.runs}.wdl"
         wdl_path.write_text(wdl)
-        run_dir = self.tmp_path / f"run{self.runs}"
+        run_dir = run_dir or self.tmp_path / f"run{self.runs}"
         full_env = dict(os.environ)
         full_env.update(
             {
@@ -156,8 +158,11 @@ class Miniwdl:
         args: Optional[List[str]] = None,
         timeout: float = 600,
         wrapper: Sequence[str] = (),
+        run_dir: Optional[Path] = None,
     ) -> RunResult:
-        proc, run_dir = self.start(wdl, *inputs, env=env, args=args, wrapper=wrapper)
+        proc, run_dir = self.start(
+            wdl, *inputs, env=env, args=args, wrapper=wrapper, run_dir=run_dir
+        )
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         finally:
@@ -172,6 +177,65 @@ class Miniwdl:
             except ValueError:
                 error = None
         return RunResult(proc.returncode, stdout, stderr, run_dir, outputs, error)
+
+    def run_api(
+        self,
+        wdl: str,
+        inputs: Dict[str, Any],
+        run_dir: Path,
+        env: Optional[Dict[str, str]] = None,
+        timeout: float = 600,
+    ) -> RunResult:
+        """Run through miniwdl's runtime API (``WDL.runtime.run``, what ``miniwdl run``
+        calls), with ``inputs`` given as JSON (strings may hold any bytes, as Python's
+        surrogates)."""
+        self.runs += 1
+        wdl_path = self.tmp_path / f"test{self.runs}.wdl"
+        wdl_path.write_text(wdl)
+        inputs_path = self.tmp_path / f"inputs{self.runs}.json"
+        inputs_path.write_text(json.dumps(inputs))
+        full_env = {
+            **os.environ,
+            "MINIWDL_CFG": str(self.cfg),
+            "MINIWDL__SCHEDULER__CONTAINER_BACKEND": "podman_rootless",
+            "MINIWDL__CALL_CACHE__GET": "false",
+            "MINIWDL__CALL_CACHE__PUT": "false",
+            **(env or {}),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-c", API_RUNNER, str(wdl_path), str(inputs_path), str(run_dir)],
+            capture_output=True, text=True, errors="replace", env=full_env, cwd=self.tmp_path,
+            timeout=timeout,
+        )  # fmt: skip
+        lines = proc.stdout.strip().splitlines()
+        answer: Dict[str, Any] = json.loads(lines[-1]) if lines else {}
+        error = answer if "error" in answer else None
+        return RunResult(
+            proc.returncode, proc.stdout, proc.stderr, run_dir, answer.get("outputs", {}), error
+        )
+
+
+# miniwdl's runtime API, as `miniwdl run` calls it, for runs whose command line the CLI cannot
+# take: it writes its command line to the run's `rerun` file as UTF-8, so an argument (an input
+# path, --dir) that is not UTF-8 makes `miniwdl run` fail after the run (a bug of miniwdl's)
+API_RUNNER = """
+import json, logging, sys
+import WDL
+from WDL.runtime import config
+wdl, inputs_file, run_dir = sys.argv[1:4]
+logging.basicConfig(level=logging.WARNING)
+cfg = config.Loader(logging.getLogger("miniwdl-run"))
+doc = WDL.load(wdl)
+exe = doc.workflow or doc.tasks[0]
+with open(inputs_file) as f:
+    inputs = WDL.values_from_json(json.load(f), exe.available_inputs, exe.required_inputs)
+try:
+    rundir, outputs = WDL.runtime.run(cfg, exe, inputs, run_dir=run_dir)
+except WDL.runtime.error.RunFailed as exn:
+    print(json.dumps({"error": str(exn), "cause": str(exn.__cause__)}))
+    sys.exit(2)
+print(json.dumps({"outputs": WDL.values_to_json(outputs, namespace=exe.name), "dir": rundir}))
+"""
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import pytest
 
+from miniwdl_podman import __version__
+
 from .conftest import BASE_IMAGE, PULL_IMAGE, Miniwdl, RunResult, foreign_owned, podman
 
 pytestmark = pytest.mark.podman
@@ -369,3 +371,36 @@ def test_doctor_knows_the_slurm_backend(tmp_path: Path) -> None:
     config = check(report, "miniwdl config")
     assert config["status"] == "PASS" and "podman_rootless_slurm" in config["detail"]
     assert "srun miniwdl-podman doctor" in config["detail"]
+
+
+def test_doctor_on_a_compute_node_checks_what_the_node_helper_uses(tmp_path: Path) -> None:
+    """With --node (implied inside a Slurm job), doctor runs its checks and test container
+    through the node helper's private cgroupfs service on node_storage, and checks that
+    node_storage is usable and node_python imports this version; a node_python without the
+    package fails, naming the option."""
+    store = Path(f"/tmp/mwp-node-{uuid.uuid4().hex[:8]}")
+    cfg = tmp_path / "node.cfg"
+    cfg.write_text(
+        "[scheduler]\ncontainer_backend = podman_rootless_slurm\n"
+        f"[podman_rootless_slurm]\nnode_storage = {store}\n"
+    )
+    try:
+        code, report = doctor("--node", "--image", PULL_IMAGE, env={"MINIWDL_CFG": str(cfg)})
+        assert code == 0, report
+        assert "as a compute node" in check(report, "miniwdl config")["detail"]
+        node_storage = check(report, "node storage")
+        assert node_storage["status"] == "PASS" and node_storage["data"]["path"] == str(store)
+        python = check(report, "node python")
+        assert python["status"] == "PASS" and python["data"]["version"] == __version__
+        assert "private" in check(report, "api service")["detail"]
+        assert check(report, "storage location")["data"]["graphroot"] == str(store / "root")
+        assert check(report, "test container (network none)")["status"] == "PASS"
+        broken = tmp_path / "broken.cfg"
+        broken.write_text(cfg.read_text() + "node_python = /bin/false\n")
+        code, report = doctor("--node", "--image", PULL_IMAGE, env={"MINIWDL_CFG": str(broken)})
+        assert code == 1
+        python = check(report, "node python")
+        assert python["status"] == "FAIL" and "cannot import miniwdl_podman" in python["detail"]
+        assert "node_python" in python["fix"]
+    finally:
+        subprocess.run(["podman", "unshare", "rm", "-rf", str(store)], timeout=120)

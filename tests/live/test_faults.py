@@ -657,9 +657,9 @@ TRUE_WDL = (
 def test_a_recycled_pid_does_not_keep_a_dead_runs_reservation(miniwdl: Miniwdl) -> None:
     """A ledger entry of a dead run whose pid now belongs to another live process (this test's
     own, with another start time) holds nothing: the next run's task is not kept waiting."""
-    from miniwdl_podman import budget
+    from miniwdl_podman import budget, host
 
-    ledger = Path(budget.default_dir(os.geteuid())) / budget.LEDGER
+    ledger = Path(host.private_dir(os.geteuid())) / budget.LEDGER
     ledger.parent.mkdir(mode=0o700, exist_ok=True)
     dead_run = {"id": "recycled-pid", "pid": os.getpid(), "started": "1", "cpu": 1 << 16,
                 "mem": 1 << 50, "gpu": 0}  # fmt: skip

@@ -6,13 +6,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 from .conftest import (
     BASE_IMAGE,
     Miniwdl,
+    RunResult,
     containers_under,
     foreign_owned,
     podman,
@@ -233,26 +234,104 @@ task t {
     assert snapshot([data]) == before
 
 
-def test_path_with_newline_is_refused_before_any_container(
-    miniwdl: Miniwdl, tmp_path: Path
-) -> None:
-    """An input whose path has a newline fails with one line naming it; no container is made."""
-    weird = tmp_path / "bad\nname.txt"
-    weird.write_text("x")
-    wdl = """
-version 1.0
+# a file name made of every byte but NUL and "/" (254 bytes: NAME_MAX is 255); and the same
+# bytes backwards, for a Directory input beside it (miniwdl gives a file and a directory of the
+# same name the same container path)
+EVERY_BYTE = os.fsdecode(bytes(b for b in range(1, 256) if b != 0x2F))
+EVERY_BYTE_BACKWARDS = os.fsdecode(bytes(b for b in range(255, 0, -1) if b != 0x2F))
+
+# no indentation: the name's own newlines must not change how the command is dedented, and the
+# here-documents carry the paths byte for byte (no quoting can: the name holds every quote)
+EVERY_BYTE_WDL = """
+version 1.2
 task t {
-    input {
-        File f
-        String image
-    }
-    command <<< cat "~{f}" >>>
-    runtime { docker: image }
+input {
+File f
+Directory d
+String image
+}
+command <<<
+set -euo pipefail
+f=$(cat <<'MWP_END_OF_PATH'
+~{f}
+MWP_END_OF_PATH
+)
+d=$(cat <<'MWP_END_OF_PATH'
+~{d}
+MWP_END_OF_PATH
+)
+printf %s "$f" | od -An -v -tx1 | tr -d ' \n'; echo
+printf %s "$d" | od -An -v -tx1 | tr -d ' \n'; echo
+[ -f "$f" ] && [ ! -L "$f" ] && echo "f regular"
+[ -d "$d" ] && [ ! -L "$d" ] && echo "d directory"
+cat -- "$f"
+for x in "$d"/*; do printf %s "${x##*/}" | od -An -v -tx1 | tr -d ' \n'; echo; cat -- "$x"; done
+if (echo tampered >> "$f") 2>/dev/null; then echo "f writable"; else echo "f read-only"; fi
+if (: > "$d/new") 2>/dev/null; then echo "d writable"; else echo "d read-only"; fi
+pwd | od -An -v -tx1 | tr -d ' \n'; echo
+>>>
+output { Array[String] report = read_lines(stdout()) }
+requirements { container: image }
 }
 """
-    res = miniwdl.run(wdl, f"f={weird}", f"image={BASE_IMAGE}", args=["--verbose"])
-    assert "path cannot be mounted into a Podman container" in res.clean_failure_line()
-    assert "podman container created" not in res.log()
+
+
+def every_byte_inputs(tmp_path: Path) -> Tuple[Path, Path, Path]:
+    """(a file, a Directory holding a file, a run directory), each path holding a name made of
+    every byte but NUL and "/"."""
+    top = tmp_path / EVERY_BYTE
+    top.mkdir()
+    f = top / EVERY_BYTE
+    f.write_bytes(b"file\n")
+    d = tmp_path / "dirs" / EVERY_BYTE_BACKWARDS
+    d.mkdir(parents=True)
+    (d / EVERY_BYTE).write_bytes(b"inner\n")
+    return f, d, tmp_path / "runs" / EVERY_BYTE / "run"
+
+
+def check_every_byte_run(res: RunResult, run_dir: Path) -> None:
+    """The task saw each input at its exact path, as a regular file / real directory,
+    read-only, and nothing staged for it is left in the run directory."""
+    assert res.returncode == 0, res.stderr[-3000:]
+    name = os.fsencode(EVERY_BYTE).hex()
+    report = res.outputs["t.report"]
+    assert report[0].endswith("2f" + name), report[0]  # the container path ends in the name
+    assert report[1].endswith("2f" + os.fsencode(EVERY_BYTE_BACKWARDS).hex()), report[1]
+    assert report[2:8] == ["f regular", "d directory", "file", name, "inner", "f read-only"]
+    assert report[8] == "d read-only"
+    names = (EVERY_BYTE, EVERY_BYTE_BACKWARDS)
+    staged = [p for p in run_dir.rglob("*") if "_miniwdl_inputs" in str(p) and p.name in names]
+    assert staged == [], "what was staged for the task is left in its work dir"
+
+
+def test_names_with_every_byte_work_read_only_and_unchanged(
+    miniwdl: Miniwdl, tmp_path: Path
+) -> None:
+    """Inputs named with every byte from 1 to 255 but "/", a Directory input so named holding
+    a file so named, all in a run directory whose path holds such a name: the task sees each at
+    the exact path miniwdl gave it (a regular file, a real directory), read-only, and nothing
+    is changed. (Through miniwdl's runtime API: `miniwdl run` itself fails on a command line
+    that is not UTF-8, see conftest.API_RUNNER.)"""
+    f, d, run_dir = every_byte_inputs(tmp_path)
+    before = snapshot([f.parent, d])
+    inputs = {"f": str(f), "d": str(d), "image": BASE_IMAGE}
+    res = miniwdl.run_api(EVERY_BYTE_WDL, inputs, run_dir)
+    check_every_byte_run(res, run_dir)
+    assert snapshot([f.parent, d]) == before
+
+
+def test_every_byte_inputs_through_the_miniwdl_command_line(
+    miniwdl: Miniwdl, tmp_path: Path
+) -> None:
+    """The same inputs given to `miniwdl run` in an inputs file (-i, where JSON carries any
+    byte as an escape) run the same way."""
+    f, d, _run_dir = every_byte_inputs(tmp_path)
+    before = snapshot([f.parent, d])
+    inputs = tmp_path / "inputs.json"
+    inputs.write_text(json.dumps({"f": str(f), "d": str(d), "image": BASE_IMAGE}))
+    res = miniwdl.run(EVERY_BYTE_WDL, args=["-i", str(inputs)])
+    check_every_byte_run(res, res.run_dir)
+    assert snapshot([f.parent, d]) == before
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,10 @@ Slurm cluster, in rootless Podman on the node's own store, and Slurm's faults.""
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+
+from miniwdl_podman import slurm as slurm_mod
 
 from .conftest import (
     INDEXED_SCATTER_WDL,
@@ -22,8 +26,10 @@ from .conftest import (
     RunResult,
     containers_under,
     foreign_owned,
+    snapshot,
 )
 from .test_doctor_hpc import FOREIGN_XDG
+from .test_identity_mounts import EVERY_BYTE_WDL, check_every_byte_run, every_byte_inputs
 from .test_resources import TIMED_WDL, _max_overlap
 
 pytestmark = [pytest.mark.podman, pytest.mark.slurm]
@@ -113,7 +119,7 @@ def slurm_cluster() -> str:
         ).stdout.split()
     except (OSError, subprocess.SubprocessError) as exn:
         pytest.fail(f"no Slurm here ({exn}); run `sudo bash contrib/testbed/slurm.sh`")
-    if not set(out) & {"idle", "mixed", "allocated"}:
+    if not set(out) & {"idle", "mixed", "allocated", "planned"}:  # planned: backfill will use it
         pytest.fail(f"Slurm node not up ({out}); run `sudo bash contrib/testbed/slurm.sh`")
     return out[0]
 
@@ -149,6 +155,17 @@ def test_scatter_runs_as_slurm_jobs_on_the_node_store(slurm: SlurmRun) -> None:
         ["podman", *STORE_ARGS, "image", "exists", PULL_IMAGE], capture_output=True
     )
     assert images.returncode == 0, "the image was not pulled into the node-local store"
+
+
+def test_names_with_every_byte_on_the_node(slurm: SlurmRun, tmp_path: Path) -> None:
+    """On the node as locally: inputs and a run directory named with every byte but NUL and
+    "/" reach the task at their exact paths, read-only, through sbatch and the node helper."""
+    f, d, run_dir = every_byte_inputs(tmp_path)
+    before = snapshot([f.parent, d])
+    inputs = {"f": str(f), "d": str(d), "image": PULL_IMAGE}
+    res = slurm.miniwdl.run_api(EVERY_BYTE_WDL, inputs, run_dir, env=slurm.env)
+    check_every_byte_run(res, run_dir)
+    assert snapshot([f.parent, d]) == before
 
 
 def test_identity_and_ownership_on_the_node(slurm: SlurmRun) -> None:
@@ -537,6 +554,49 @@ def test_jobs_of_a_killed_run_are_cancelled_by_the_next(slurm: SlurmRun, tmp_pat
     assert "cancelling Slurm jobs left by a dead miniwdl run" in res.log()
     _wait_for(lambda: not [j for j in _squeue() if "sleepy" in j["name"]], timeout=60,
               what="the orphaned job to end")  # fmt: skip
+
+
+def test_a_job_whose_run_pid_was_recycled_is_cancelled_by_the_next(
+    slurm: SlurmRun, tmp_path: Path
+) -> None:
+    """A job whose comment names a pid that now runs another process (this one, with another
+    start time) was left by a dead run: the next run with the Slurm backend scancels it."""
+    comment = slurm_mod.job_comment(os.getpid(), "1", socket.gethostname(), "recycled")
+    out = subprocess.run(
+        ["sbatch", "--parsable", f"--comment={comment}", "--job-name=mwp-recycled",
+         f"--chdir={tmp_path}", "--output=/dev/null", "--wrap=sleep 300"],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    job = out.stdout.strip().split(";")[0]
+    try:
+        res = slurm.run(INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}")
+        assert res.returncode == 0, res.stderr[-3000:]
+        cancelled = [ln for ln in res.log().splitlines() if "left by a dead miniwdl run" in ln]
+        assert cancelled and job in cancelled[0], cancelled
+        _wait_for(lambda: not [j for j in _squeue() if j["id"] == job], timeout=60,
+                  what="the recycled-pid job to end")  # fmt: skip
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=60)
+
+
+def test_doctor_in_a_slurm_job_checks_the_compute_node(slurm_cluster: str, tmp_path: Path) -> None:
+    """`srun miniwdl-podman doctor` with the Slurm backend selected checks the node as the node
+    helper will use it (no option needed): node storage, node python, its private service."""
+    cfg = tmp_path / "slurm.cfg"
+    cfg.write_text("[scheduler]\ncontainer_backend = podman_rootless_slurm\n")
+    out = subprocess.run(
+        ["srun", "--ntasks=1", f"--chdir={tmp_path}", "miniwdl-podman", "doctor", "--json",
+         "--image", PULL_IMAGE],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "MINIWDL_CFG": str(cfg)},
+    )  # fmt: skip
+    assert "Traceback" not in out.stderr, out.stderr
+    report = json.loads(out.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert "as a compute node" in checks["miniwdl config"]["detail"]
+    assert checks["node storage"]["status"] == "PASS"
+    assert checks["node storage"]["data"]["path"] == NODE_STORE
+    assert checks["node python"]["status"] == "PASS"
+    assert checks["test container (network none)"]["status"] == "PASS", checks
 
 
 def test_job_slurm_refuses_fails_with_sbatch_words(slurm: SlurmRun) -> None:

@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import pytest
 
-from miniwdl_podman import identity, libpod, mounts, settings, spec
+from miniwdl_podman import identity, libpod, mounts, plan, settings, spec
 from miniwdl_podman.identity import HostIds, IdentityError, ImageUser
 
 HOST = HostIds(uid=1002, gid=1002, subuids=65536, subgids=65536)
@@ -130,20 +130,18 @@ def test_runs_as_root() -> None:
 def _payload(ident: identity.Identity, mode: str = "disable") -> Dict[str, Any]:
     sec, relabel = mounts.selinux_options(mode)
     paths = mounts.TaskPaths("/mnt/c", "/r/work", "/r/stdout.txt", "/r/stderr.txt", "/r/command")
-    s = spec.build(
-        settings=settings.Settings(),
+    task = plan.TaskPlan(
         run_id="r",
         task_dir="/r",
         try_counter=1,
-        image="img",
         container_dir="/mnt/c",
         mounts=mounts.task_mounts(
             paths, {"/in/x": "/mnt/c/work/_miniwdl_inputs/0/x"}, True, relabel, ident.home_tmpfs
         ),
-        identity=ident,
         security_opt=sec,
         env={"HOME_NOT": "1"},
     )
+    s = spec.build(task, settings=settings.Settings(), image="img", identity=ident)
     return libpod.create_body(s)
 
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from WDL import Error
 
-from miniwdl_podman import identity, libpod, mounts, settings, spec
+from miniwdl_podman import errors, identity, libpod, mounts, plan, settings, spec
 
 CDIR = "/mnt/miniwdl_task_container"
 PATHS = mounts.TaskPaths(
@@ -24,13 +23,13 @@ INPUTS = {
 
 def test_plan_mounts_io_rw_inputs_ro_parents_first() -> None:
     """Work dir and std streams are read-write, command and inputs read-only, parents first."""
-    plan = mounts.task_mounts(PATHS, INPUTS)
-    by_target = {m.target: m for m in plan}
+    planned = mounts.task_mounts(PATHS, INPUTS)
+    by_target = {m.target: m for m in planned}
     assert not by_target[f"{CDIR}/work"].read_only
     assert not by_target[f"{CDIR}/stdout.txt"].read_only
     assert not by_target[f"{CDIR}/stderr.txt"].read_only
     assert by_target[f"{CDIR}/command"].read_only
-    inputs = [m for m in plan if "_miniwdl_inputs" in m.target]
+    inputs = [m for m in planned if "_miniwdl_inputs" in m.target]
     assert all(m.read_only for m in inputs)
     assert [m.target for m in inputs] == sorted(m.target for m in inputs)
     assert by_target[f"{CDIR}/work/_miniwdl_inputs/0/dir"].source == "/data/dir"
@@ -41,27 +40,51 @@ def test_plan_without_bound_inputs_when_copied() -> None:
     assert len(mounts.task_mounts(PATHS, INPUTS, bind_inputs=False)) == 4
 
 
-@pytest.mark.parametrize("bad", ["/data/new\nline", "/data/nul\0byte", "/data/\udcff"])
-def test_unmountable_paths_refused_naming_them(bad: str) -> None:
-    """A path with a newline, NUL or non-UTF-8 byte is refused before any container starts."""
-    with pytest.raises(Error.InputError) as info:
-        mounts.task_mounts(PATHS, {bad: f"{CDIR}/work/_miniwdl_inputs/0/x"})
-    assert repr(bad) in str(info.value)
+@pytest.mark.parametrize("name", ["new\nline", "tab\there", "\udcff\udcfe", "\x7f"])
+def test_names_the_api_cannot_carry_are_staged_not_refused(name: str) -> None:
+    """An input whose own name the API cannot carry is staged: its directory is mounted
+    read-only from the work dir, where it will be put under its exact name; its safe siblings
+    are mounted on top as usual; a source the API cannot carry is kept (aliased at run time)."""
+    assert not mounts.api_safe(name) and mounts.api_safe("a:b,c d é.txt")
+    inputs = {
+        f"/data/{name}": f"{CDIR}/work/_miniwdl_inputs/0/{name}",
+        f"/data/{name}dir/": f"{CDIR}/work/_miniwdl_inputs/0/{name}dir/",
+        "/data/ok.txt": f"{CDIR}/work/_miniwdl_inputs/0/ok.txt",
+        f"/other/{name}/safe.txt": f"{CDIR}/work/_miniwdl_inputs/1/safe.txt",
+    }
+    planned = mounts.task_mounts(PATHS, inputs)
+    by_target = {m.target: m for m in planned}
+    staged_dir = by_target[f"{CDIR}/work/_miniwdl_inputs/0"]
+    assert staged_dir.source == "/runs/t/work/_miniwdl_inputs/0" and staged_dir.read_only
+    assert by_target[f"{CDIR}/work/_miniwdl_inputs/0/ok.txt"].source == "/data/ok.txt"
+    assert by_target[f"{CDIR}/work/_miniwdl_inputs/1/safe.txt"].source == f"/other/{name}/safe.txt"
+    assert all(mounts.api_safe(m.target) for m in planned)
+    assert [m.target for m in planned[4:]] == sorted(m.target for m in planned[4:])
+    assert mounts.staged_inputs(PATHS, inputs) == [
+        mounts.Staged(f"/data/{name}", f"/runs/t/work/_miniwdl_inputs/0/{name}", False),
+        mounts.Staged(f"/data/{name}dir", f"/runs/t/work/_miniwdl_inputs/0/{name}dir", True),
+    ]
+
+
+def test_libpod_refuses_a_path_the_api_cannot_carry() -> None:
+    """A path that was neither staged nor aliased never reaches Podman mangled."""
+    with pytest.raises(errors.BackendError) as info:
+        libpod.mount(mounts.Mount("/data/\udcff", "/x", True))
+    assert "'/data/\\udcff'" in str(info.value)
 
 
 def _spec(**overrides: object) -> spec.ContainerSpec:
     s = settings.from_mapping({k: str(v) for k, v in overrides.items()})
-    return spec.build(
-        settings=s,
+    task = plan.TaskPlan(
         run_id="call-x-0",
         task_dir="/runs/t",
         try_counter=1,
-        image="sha256:abc",
         container_dir=CDIR,
         mounts=mounts.task_mounts(PATHS, INPUTS),
-        identity=identity.Identity(userns=""),
         env={"FOO": "bar baz"},
+        network=s.network,
     )
+    return spec.build(task, settings=s, image="sha256:abc", identity=identity.Identity(userns=""))
 
 
 def test_spec_renders_to_the_payload_libpod_expects() -> None:

@@ -51,18 +51,21 @@ def test_cgroup_v2_without_cpu_controller_asks_only_for_memory() -> None:
 def test_limits_render_to_libpod_resource_limits() -> None:
     """period/quota and the memory limit reach libpod's resource_limits; devices pass through."""
     paths = mounts.TaskPaths("/c", "/r/work", "/r/o", "/r/e", "/r/cmd")
-    s = spec.build(
-        settings=settings.Settings(),
+    task = plan.TaskPlan(
         run_id="r",
         task_dir="/r",
         try_counter=1,
-        image="img",
         container_dir="/c",
         mounts=mounts.task_mounts(paths, {}),
-        identity=identity.Identity(userns=""),
         limits={"cpu": 2, "memory_bytes": 1 << 30},
-        devices=["nvidia.com/gpu=all"],
         network="none",
+    )
+    s = spec.build(
+        task,
+        settings=settings.Settings(),
+        image="img",
+        identity=identity.Identity(userns=""),
+        devices=["nvidia.com/gpu=all"],
     )
     p = libpod.create_body(s)
     assert p["resource_limits"]["cpu"]["quota"] == 200_000

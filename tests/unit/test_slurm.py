@@ -10,7 +10,7 @@ import pytest
 from WDL import Error
 from WDL.runtime.error import Interrupted
 
-from miniwdl_podman import __version__, errors, exits, node, protocol, settings, slurm
+from miniwdl_podman import __version__, errors, exits, protocol, settings, slurm
 from miniwdl_podman import plan as plan_mod
 from miniwdl_podman.mounts import Mount
 
@@ -39,6 +39,20 @@ def test_sbatch_args_carry_the_task_runtime_and_quote_the_helper() -> None:
         args[-1] == "--wrap=exec /venv/bin/python -m miniwdl_podman node-run '/runs/a b/try1.json'"
     )
     assert not [a for a in args if a.startswith(("--time", "--gres"))]
+
+
+def test_sbatch_args_for_a_run_dir_slurm_cannot_take() -> None:
+    """A task dir with %, a backslash or bytes that are not UTF-8: the job's shell writes the
+    log (the path quoted byte for byte), and sbatch is given only plain paths."""
+    odd = "/runs/50%\\x\n\udcff"
+    assert not slurm.slurm_path_safe(odd) and slurm.slurm_path_safe("/runs/a b:c")
+    args = _args(output=f"{odd}/try1.log", workdir=odd)
+    assert "--output=/dev/null" in args and "--chdir=/" in args
+    assert args[-1] == (
+        "--wrap=exec >>'/runs/50%\\x\n\udcff/try1.log' 2>&1; exec /venv/bin/python -m"
+        " miniwdl_podman node-run '/runs/a b/try1.json'"
+    )
+    assert not [a for a in args[:-1] if odd in a]
 
 
 def test_sbatch_args_time_gpu_and_extra_args() -> None:
@@ -100,8 +114,13 @@ def test_slurm_settings_refuse_conflicting_or_bad_values(raw: dict, expected: st
 def test_comment_round_trip_and_foreign_comments() -> None:
     """Our job comment names pid and host (and a per-submission token); other comments, and
     a malformed one, are not ours."""
-    assert slurm.parse_comment(slurm.job_comment(42, "login1", "ab12")) == (42, "login1")
-    assert slurm.parse_comment("miniwdl-podman:42@login1") == (42, "login1")  # older runs' form
+    assert slurm.parse_comment(slurm.job_comment(42, "9876", "login1", "ab12")) == (
+        42,
+        "login1",
+        "9876",
+    )
+    assert slurm.parse_comment("miniwdl-podman:42@login1") == (42, "login1", "")  # older form
+    assert slurm.parse_comment("miniwdl-podman:42.x@h") is None
     assert slurm.parse_comment("something else") is None
     assert slurm.parse_comment("miniwdl-podman:x@h") is None
 
@@ -140,12 +159,12 @@ def test_only_a_lost_answer_is_searched_for_a_taken_job() -> None:
 def test_a_submission_finds_its_own_job_by_comment() -> None:
     """After a lost answer, the job carrying this submission's exact comment is found (not
     another of the same run's)."""
-    mine = slurm.job_comment(7, "h", "tok1")
+    mine = slurm.job_comment(7, "55", "h", "tok1")
     jobs = slurm.parse_squeue(
-        f"30|PENDING|None||{slurm.job_comment(7, 'h', 'tok0')}\n31|PENDING|None||{mine}\n"
+        f"30|PENDING|None||{slurm.job_comment(7, '55', 'h', 'tok0')}\n31|PENDING|None||{mine}\n"
     )
     assert slurm.job_with_comment(jobs, mine) == "31"
-    assert slurm.job_with_comment(jobs, slurm.job_comment(7, "h", "tok2")) is None
+    assert slurm.job_with_comment(jobs, slurm.job_comment(7, "55", "h", "tok2")) is None
 
 
 def test_parse_squeue_and_scontrol() -> None:
@@ -210,11 +229,11 @@ def test_plan_and_settings_travel_to_the_node_unchanged() -> None:
     s = settings.from_mapping({"service": "external", "socket": "/run/x.sock",
                                "service_args": '["--log-level=info"]'})  # fmt: skip
     assert protocol.settings_from_json(protocol.settings_to_json(s)) == s
-    ns = node.node_settings(s, "/tmp/st", "")
+    ns = settings.node_settings(s, "/tmp/st", "")
     assert ns.service == "private" and ns.socket == ""
     assert ns.service_args == ("--cgroup-manager=cgroupfs", "--root", "/tmp/st/root",
                                "--runroot", "/tmp/st/run", "--log-level=info")  # fmt: skip
-    assert node.node_settings(s, "", "").service_args == ("--cgroup-manager=cgroupfs",
+    assert settings.node_settings(s, "", "").service_args == ("--cgroup-manager=cgroupfs",
                                                           "--log-level=info")  # fmt: skip
 
 
