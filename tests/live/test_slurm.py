@@ -371,8 +371,11 @@ def _task_logs(run_dir: Path) -> str:
 
 def _jobs_of(proc: subprocess.Popen[str]) -> List[Dict[str, str]]:
     """The Slurm jobs (finished ones too) that the miniwdl process ``proc`` submitted."""
-    prefix = f"miniwdl-podman:{proc.pid}@"
-    return [j for j in _squeue("--states=all") if j["comment"].startswith(prefix)]
+    return [
+        j
+        for j in _squeue("--states=all")
+        if (owner := slurm_mod.parse_comment(j["comment"])) is not None and owner.pid == proc.pid
+    ]
 
 
 def _finish(proc: subprocess.Popen[str]) -> str:
