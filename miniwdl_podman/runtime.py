@@ -48,7 +48,8 @@ def open_runtime(
     settings: Settings, logger: logging.Logger, pool_size: int = 16, reap: bool = True
 ) -> Runtime:
     """Connect to Podman (the user's socket or a private service) and assemble the runtime;
-    with ``reap``, first remove containers that dead runs on this host left."""
+    with ``reap``, remove containers that dead runs on this host left (in the background: the
+    first task need not wait for it; finished before the process exits)."""
     coordination = coordination_dir(settings)
 
     def image_lock(image: str) -> ContextManager[object]:
@@ -60,7 +61,7 @@ def open_runtime(
     try:
         engine.connect(logger)
         if reap:
-            engine.reap_dead_runs(logger)
+            engine.reap_dead_runs_soon(logger)
     except BaseException:
         engine.close()
         raise

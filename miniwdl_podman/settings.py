@@ -33,6 +33,8 @@ DESCRIPTIONS: Dict[str, str] = {
     "service_args": "global podman options for a private service, e.g. --root/--runroot",
     "runtime_dir": "where a private service's socket directory is made",
     "service_start_timeout": "seconds to wait for a private service to answer",
+    "service_idle": "seconds a private service stays up idle for your next run (0: stop it"
+    " with the run)",
     "api_timeout": "seconds any single API request (other than wait) may take",
     "wait_interval": "how often the server checks whether a container has exited",
     "wait_fast_seconds": "for how long a task is checked every wait_interval",
@@ -73,6 +75,7 @@ class Settings:
     service_args: Tuple[str, ...] = ()
     runtime_dir: str = ""
     service_start_timeout: float = 30.0
+    service_idle: float = 0.0
     api_timeout: float = 300.0
     wait_interval: str = "20ms"
     wait_fast_seconds: float = 5.0
@@ -191,6 +194,7 @@ def from_mapping(
         "service_args": _str_list("service_args", get("service_args")),
         "runtime_dir": get("runtime_dir"),
         "service_start_timeout": _number("service_start_timeout", get("service_start_timeout")),
+        "service_idle": _seconds_or_zero("service_idle", get("service_idle")),
         "api_timeout": _number("api_timeout", get("api_timeout")),
         "wait_interval": _duration("wait_interval", get("wait_interval")),
         "wait_fast_seconds": _number("wait_fast_seconds", get("wait_fast_seconds")),
@@ -321,6 +325,8 @@ def node_settings(settings: Settings, storage: str, runtime_dir: str) -> Setting
             **asdict(settings),
             "socket": "",
             "service": "private",
+            # inside the job, ended with it: a warm service would outlive the job's cgroup
+            "service_idle": 0.0,
             "runtime_dir": runtime_dir,
             "service_args": tuple(args) + tuple(settings.service_args),
         }

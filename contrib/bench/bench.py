@@ -10,6 +10,11 @@ Run as the unprivileged user whose rootless Podman works (``nox -s bench`` arran
    ``[file_io] chown = false``), the same scatters
 5. a scatter of 16 tasks each writing 1,000 files (ownership path), both backends
 6. peak RSS of the miniwdl process at concurrency 64, both backends
+7. start-up: a fresh ``miniwdl run`` of a one-task workflow, image local, no API socket
+   running; alternating pairs with the built-in backend: ours cold (no service yet: the run
+   starts one) and warm (the next run, which finds it), the median ratio of the pairs
+8. CPU-seconds of the whole machine (``/proc/stat``) per task: row 1, and both backends'
+   scatters at concurrency 16 (how close to the container machinery's own cost we are)
 
 Prints one table (median and spread over the repetitions, ratios to rows 1 and 4) and writes it,
 with the host facts, to ``docs/benchmarks.md``.
@@ -18,6 +23,7 @@ with the host facts, to ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -82,9 +88,32 @@ def host_facts() -> Dict[str, str]:
     }
 
 
+ONE_TASK_WDL = """
+version 1.0
+task t {
+    input { String image }
+    command <<< true >>>
+    runtime { docker: image }
+}
+"""
+
+# CPU-seconds the whole machine spent during the last measurement (rows 1 and 3/4)
+LAST_CPU: Dict[str, float] = {}
+
+
+def machine_cpu_seconds() -> float:
+    """CPU time of the whole machine since boot (all CPUs, all but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn: Callable[[], None]) -> float:
     t0 = time.perf_counter()
+    cpu0 = machine_cpu_seconds()
     fn()
+    LAST_CPU["seconds"] = machine_cpu_seconds() - cpu0
     return time.perf_counter() - t0
 
 
@@ -100,10 +129,10 @@ def cli_floor(n: int) -> float:
 def podmanpy_floor(n: int) -> float:
     from podman import PodmanClient
 
-    from miniwdl_podman.engine import connection, processes
+    from miniwdl_podman.engine import connection, services
 
     base = tempfile.mkdtemp(prefix="mwpb-", dir="/tmp")
-    svc = processes.PrivateService("podman", base)
+    svc = services.PrivateService("podman", base)
     svc.start(connection.ping, 30)
     try:
         client = PodmanClient(base_url=svc.url)
@@ -147,6 +176,7 @@ def miniwdl_scatter(
                "--dir", tmp + "/run/"]  # fmt: skip
         peak = 0
         t0 = time.perf_counter()
+        cpu0 = machine_cpu_seconds()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True)  # fmt: skip
         if rss:
@@ -167,6 +197,7 @@ def miniwdl_scatter(
             watcher.start()
         _, err = proc.communicate()
         wall = time.perf_counter() - t0
+        LAST_CPU["seconds"] = machine_cpu_seconds() - cpu0
         if rss:
             watcher.join()
         if proc.returncode != 0:
@@ -176,6 +207,67 @@ def miniwdl_scatter(
                 raise RuntimeError(f"{backend} scatter logged {bad!r}")
         subprocess.run(["podman", "unshare", "rm", "-rf", tmp + "/run"], check=False)
         return wall / n, peak
+
+
+def one_task_run(backend: str, runtime_dir: str) -> float:
+    """Wall seconds of one fresh ``miniwdl run`` of a one-task workflow."""
+    with tempfile.TemporaryDirectory(prefix="mwpb-") as tmp:
+        wdl = Path(tmp) / "one.wdl"
+        wdl.write_text(ONE_TASK_WDL)
+        cfg = Path(tmp) / "miniwdl.cfg"
+        cfg.write_text("")
+        env = dict(os.environ)
+        env.update(
+            {
+                "MINIWDL_CFG": str(cfg),
+                "MINIWDL__SCHEDULER__CONTAINER_BACKEND": backend,
+                "MINIWDL__CALL_CACHE__GET": "false",
+                "MINIWDL__CALL_CACHE__PUT": "false",
+                "MINIWDL__PODMAN_ROOTLESS__NETWORK": "none",
+                "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": runtime_dir,
+                "MINIWDL__PODMAN__EXE": '["podman"]',
+                "MINIWDL__FILE_IO__CHOWN": "false",
+            }
+        )
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            ["miniwdl", "run", str(wdl), f"image={IMAGE}", "--dir", tmp + "/run/"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise RuntimeError(f"{backend} one-task run failed: {proc.stderr[-2000:]}")
+        subprocess.run(["podman", "unshare", "rm", "-rf", tmp + "/run"], check=False)
+        return wall
+
+
+def _stop_services_under(path: str) -> None:
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    for line in ps.splitlines()[1:]:
+        pid, _, cmd = line.strip().partition(" ")
+        if path in cmd and "system service" in cmd:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), 15)
+
+
+def one_task_pairs(pairs: int) -> Dict[str, List[float]]:
+    """Alternating runs: built-in, ours cold, ours warm (the order rotates each pair)."""
+    ans: Dict[str, List[float]] = {"builtin": [], "cold": [], "warm": []}
+    for i in range(pairs):
+        runtime_dir = tempfile.mkdtemp(prefix="mwpb-rt-", dir="/tmp")
+        try:
+            order = ["builtin", "ours"] if i % 2 == 0 else ["ours", "builtin"]
+            for which in order:
+                if which == "builtin":
+                    ans["builtin"].append(one_task_run("podman", runtime_dir))
+                else:
+                    ans["cold"].append(one_task_run("podman_rootless", runtime_dir))
+                    ans["warm"].append(one_task_run("podman_rootless", runtime_dir))
+        finally:
+            _stop_services_under(runtime_dir)
+            time.sleep(0.5)
+            subprocess.run(["rm", "-rf", runtime_dir], check=False)
+    return ans
 
 
 def summarise(samples: List[float]) -> Tuple[float, float]:
@@ -193,6 +285,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--out", default="", help="write docs/benchmarks.md for this lane alone")
     ap.add_argument("--json", default="", help="write the measurements as JSON (for combine)")
     ap.add_argument("--lane", default="host", help="the lane's name, a column of the document")
+    ap.add_argument("--pairs", type=int, default=7, help="alternating pairs for row 7")
+    ap.add_argument("--startup-only", action="store_true", help="row 7 alone (quick)")
     args = ap.parse_args(argv)
     subprocess.run(["podman", "pull", "-q", IMAGE], check=True, capture_output=True)
     facts = host_facts()
@@ -208,17 +302,52 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"{label:60} {med:.4f} ± {spread:.4f} {kind}", flush=True)
         return samples
 
-    measure("1. CLI `podman run --rm --network none` (sequential)",
-            lambda: cli_floor(args.floor_n))  # fmt: skip
+    cpu: Dict[str, List[float]] = {"cli": [], "ours": [], "builtin": []}
+
+    def cli_row() -> float:
+        ans = cli_floor(args.floor_n)
+        cpu["cli"].append(LAST_CPU["seconds"] / args.floor_n)
+        return ans
+
+    if not args.startup_only:
+        full_rows(args, measure, cli_row, cpu)
+    startup_rows(args, rows, cpu)
+
+    result = {"facts": facts, "reps": args.reps, "rows": [list(r) for r in rows]}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
+    if args.out:
+        write_doc(Path(args.out), [(args.lane, result)])
+    return 0
+
+
+def full_rows(
+    args: argparse.Namespace,
+    measure: Callable[..., List[float]],
+    cli_row: Callable[[], float],
+    cpu: Dict[str, List[float]],
+) -> None:
+    """Rows 1-6 (and the CPU samples of row 8)."""
+    measure("1. CLI `podman run --rm --network none` (sequential)", cli_row)
     measure("2. podman-py create+start+wait(20ms)+remove (sequential)",
             lambda: podmanpy_floor(args.floor_n))  # fmt: skip
     ours: Dict[int, List[float]] = {}
     builtin: Dict[int, List[float]] = {}
+
+    def scatter(backend: str, c: int) -> float:
+        ans = miniwdl_scatter(backend, args.n, c)[0]
+        if c == 16:
+            cpu["ours" if backend == "podman_rootless" else "builtin"].append(
+                LAST_CPU["seconds"] / args.n
+            )
+        return ans
+
     for c in [int(x) for x in args.concurrency.split(",")]:
         ours[c] = measure(f"3. podman_rootless, scatter {args.n}, concurrency {c}",
-                          lambda c=c: miniwdl_scatter("podman_rootless", args.n, c)[0])  # fmt: skip
+                          lambda c=c: scatter("podman_rootless", c))  # fmt: skip
         builtin[c] = measure(f"4. built-in podman, scatter {args.n}, concurrency {c}",
-                             lambda c=c: miniwdl_scatter("podman", args.n, c)[0])  # fmt: skip
+                             lambda c=c: scatter("podman", c))  # fmt: skip
     measure("5. podman_rootless, 16 tasks x 1,000 files, concurrency 16",
             lambda: miniwdl_scatter("podman_rootless", 16, 16, files=1000)[0])  # fmt: skip
     measure("5. built-in podman, 16 tasks x 1,000 files, concurrency 16",
@@ -235,13 +364,33 @@ def main(argv: Optional[List[str]] = None) -> int:
         "MiB",
     )
 
-    result = {"facts": facts, "reps": args.reps, "rows": [list(r) for r in rows]}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
-        print(f"wrote {args.json}")
-    if args.out:
-        write_doc(Path(args.out), [(args.lane, result)])
-    return 0
+
+def startup_rows(
+    args: argparse.Namespace,
+    rows: List[Tuple[str, List[float], str]],
+    cpu: Dict[str, List[float]],
+) -> None:
+    """Rows 7 and 8."""
+    runs = one_task_pairs(args.pairs)
+    for label, key in (
+        ("7. podman_rootless, one-task workflow, cold (the run starts a service)", "cold"),
+        ("7. podman_rootless, one-task workflow, warm (the next run)", "warm"),
+        ("7. built-in podman, one-task workflow", "builtin"),
+    ):
+        rows.append((label, runs[key], "s/run"))
+    for label, key in (("cold", "cold"), ("warm", "warm")):
+        ratios = [a / b for a, b in zip(runs[key], runs["builtin"])]
+        rows.append((f"7. ratio podman_rootless {label} / built-in (pairs)", ratios, "ratio"))
+    for label, key in (
+        ("8. CPU-seconds per task, whole machine: CLI `podman run` (row 1)", "cli"),
+        ("8. CPU-seconds per task, whole machine: podman_rootless, concurrency 16", "ours"),
+        ("8. CPU-seconds per task, whole machine: built-in podman, concurrency 16", "builtin"),
+    ):
+        if cpu[key]:
+            rows.append((label, cpu[key], "cpu-s/task"))
+    for label, samples, kind in rows[-8:]:
+        med, spread = summarise(samples)
+        print(f"{label:60} {med:.4f} ± {spread:.4f} {kind}", flush=True)
 
 
 def _cell(samples: List[float], kind: str, cli_med: float, builtin_med: Optional[float]) -> str:

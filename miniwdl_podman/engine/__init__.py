@@ -7,8 +7,9 @@ One :class:`Engine` per process, split by concern the way podman-py splits its m
 - :mod:`.images`: pull once per process, inline Dockerfile builds, image probes;
 - :mod:`.containers`: a ContainerSpec as libpod's create request, start, wait, kill, removal,
   and the reaping of containers that dead runs left;
-- :mod:`.processes`: the Podman processes the backend starts (a private API service,
-  ``podman unshare``).
+- :mod:`.services`: the private API services (per run, or warm for the user's next run);
+- :mod:`.processes`: the environment of the Podman processes the backend starts, and
+  ``podman unshare``.
 
 Every podman-py / requests exception is translated here into the types in
 :mod:`miniwdl_podman.errors`, with the detail logged and the fix in the message. podman-py's
@@ -80,6 +81,11 @@ class Engine:
     def reap_dead_runs(self, logger: logging.Logger) -> int:
         """Remove the containers that dead miniwdl runs on this host left; how many."""
         return self.containers.reap_dead_runs(logger)
+
+    def reap_dead_runs_soon(self, logger: logging.Logger) -> None:
+        """The same, off the critical path (it touches only dead runs' containers); finished
+        before this process exits."""
+        self.containers.reap_dead_runs_soon(logger)
 
     def remove_leftovers(self, logger: logging.Logger) -> None:
         """At process exit: finish pending removals, then remove this process's containers."""

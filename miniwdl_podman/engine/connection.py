@@ -26,13 +26,8 @@ from .. import _backoff, podman_facts, storage
 from .._logging import notice
 from ..errors import PodmanUnavailable
 from ..settings import SECTION, Settings
-from .processes import (
-    SOCKET_NAME,
-    PrivateService,
-    runtime_base,
-    unusable_environment,
-    unusable_runtime_dir,
-)
+from .processes import SOCKET_NAME, runtime_base, unusable_environment, unusable_runtime_dir
+from .services import PrivateService, WarmService, service_key
 
 # (connect, read) timeout for requests that legitimately block for as long as the task runs
 _UNBOUNDED = (30.0, None)
@@ -197,15 +192,34 @@ class Connection:
                     )
                 )
             base = runtime_base(s, os.environ)
-            self._private = PrivateService(s.podman, base, s.service_args)
-            self._private.start(ping, s.service_start_timeout)
-            self.url, self.source = self._private.url, "private service"
+            if s.service_idle > 0:
+                key = service_key(s.podman, s.service_args, s.service_idle)
+                warm = WarmService(s.podman, base, s.service_args, s.service_idle, key)
+                self._private = warm
+                warm.start(ping, s.service_start_timeout)
+                self.source = (
+                    "private service (warm, reused)" if warm.reused else ("private service (warm)")
+                )
+            else:
+                self._private = PrivateService(s.podman, base, s.service_args)
+                self._private.start(ping, s.service_start_timeout)
+                self.source = "private service"
+            self.url = self._private.url
         self._client = PodmanClient(
             base_url=self.url, timeout=s.api_timeout, max_pool_size=self.pool_size
         )
+        cached = self._private.cached_facts() if isinstance(self._private, WarmService) else None
         try:
-            self.version = self._client.version()
-            self.info = self._client.info()
+            if cached is not None:
+                # what this service instance said at its start: it does not change while it runs
+                self.version, self.info = dict(cached["version"]), dict(cached["info"])
+                logger.info(_("podman service facts from this service's start (cached)",
+                              url=self.url))  # fmt: skip
+            else:
+                self.version = self._client.version()
+                self.info = self._client.info()
+                if isinstance(self._private, WarmService):
+                    self._private.remember_facts(self.version, self.info)
         except APIError as exn:
             self.close()
             raise PodmanUnavailable(

@@ -398,6 +398,10 @@ class Containers:
             notice(logger, _("removed containers left by dead miniwdl runs", count=len(dead)))
         return len(dead)
 
+    def reap_dead_runs_soon(self, logger: logging.Logger) -> None:
+        """:meth:`reap_dead_runs` in the background (close() and remove_leftovers() wait)."""
+        self._remover.submit(self.reap_dead_runs, logger)
+
     def remove_leftovers(self, logger: logging.Logger) -> None:
         """At process exit: finish pending removals, then remove any container of this process
         still registered (best effort)."""

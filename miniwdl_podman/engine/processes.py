@@ -1,13 +1,9 @@
-"""The Podman processes the backend starts: a private API service, and ``podman unshare``.
+"""The environment of the Podman processes the backend starts, and ``podman unshare``.
 
-When no API socket answers (or ``service = private``), a private ``podman system service
---time=0`` is started on a socket in a fresh 0700 directory owned by the user, and stopped when
-miniwdl exits. It is tied to a pipe held by this process: if miniwdl dies without cleaning up
-(even by SIGKILL), the pipe closes and the service stops, so no stray service is left behind.
-It runs in its own session, so a Ctrl-C to miniwdl's terminal does not kill it before the
-backend has removed its containers. Every such process gets the environment without variables
-that would break it here (an ``XDG_RUNTIME_DIR`` the user cannot write). Whether a socket
-*answers* is asked through a probe function supplied by the connection.
+Every Podman process the backend starts (a private API service: :mod:`.services`; ``podman
+unshare``) gets the environment without variables that would break it here (an
+``XDG_RUNTIME_DIR`` the user cannot write, a ``TMPDIR`` that does not exist, ...), and a private
+service's socket goes under :func:`runtime_base`, a 0700 directory of the user's.
 """
 
 from __future__ import annotations
@@ -16,37 +12,15 @@ import contextlib
 import os
 import pwd
 import shutil
-import signal
 import stat
 import subprocess
-import tempfile
-import time
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional
 
-from ..errors import GENERIC_HINT, PodmanUnavailable, hint_for
+from ..errors import PodmanUnavailable
 from ..host import private_dir
 from ..settings import SECTION, Settings
 
 SOCKET_NAME = "podman.sock"
-
-# The wrapper holds the service and exits with it; a reader on fd 3 (a pipe from miniwdl) stops
-# the service when the pipe reaches EOF, which happens when miniwdl closes it or dies.
-_WRAPPER = r"""
-exec 3<&0
-url=$1
-shift
-"$0" "$@" system service --time=0 "$url" </dev/null &
-svc=$!
-{ read -r _ignored <&3; kill -TERM "$svc" 2>/dev/null; } &
-reader=$!
-exec 3<&-
-wait "$svc"
-status=$?
-kill "$reader" 2>/dev/null
-exit "$status"
-"""
-# sockaddr_un.sun_path holds 108 bytes including the terminating NUL
-_MAX_SOCKET_PATH = 107
 
 
 def _usable_private_dir(path: str, uid: int) -> bool:
@@ -74,6 +48,8 @@ def unusable_runtime_dir(environ: Mapping[str, str]) -> Optional[str]:
 # directories and files Podman reads from the environment; one that is set but names nothing
 # usable (a login node's, exported to a compute node by sbatch; a stale one after su) breaks it
 _DIR_VARS = ("TMPDIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "HOME")
+# what else Podman reads that makes two services differ (beside CONTAINERS_*)
+_PODMAN_READS = (*_DIR_VARS, "XDG_RUNTIME_DIR", "CONTAINER_HOST", "STORAGE_DRIVER", "STORAGE_OPTS")
 _FILE_VARS = (
     "CONTAINERS_CONF",
     "CONTAINERS_STORAGE_CONF",
@@ -146,129 +122,6 @@ def runtime_base(settings: Settings, environ: Mapping[str, str], uid: Optional[i
             f" (fix: chmod 700 {base}, or set [{SECTION}] runtime_dir elsewhere)"
         )
     return base
-
-
-class PrivateService:
-    """A ``podman system service`` owned by this process, on a socket in a private directory."""
-
-    def __init__(self, podman_exe: str, base_dir: str, args: Sequence[str] = ()) -> None:
-        self.podman_exe = podman_exe
-        self.args = list(args)  # global podman options, e.g. --root/--runroot
-        # the socket path must fit in sockaddr_un: check before making anything
-        longest = os.path.join(base_dir, "miniwdl-podman-XXXXXXXX", SOCKET_NAME)
-        if len(os.fsencode(longest)) > _MAX_SOCKET_PATH:
-            raise PodmanUnavailable(
-                f"the private Podman API socket would be too long a path for a unix socket"
-                f" ({len(os.fsencode(longest))} > {_MAX_SOCKET_PATH} bytes) under {base_dir};"
-                f" set [{SECTION}] runtime_dir (env MINIWDL__{SECTION.upper()}__RUNTIME_DIR) to a"
-                " shorter directory, e.g. /tmp/$USER-podman"
-            )
-        self.dir = tempfile.mkdtemp(prefix="miniwdl-podman-", dir=base_dir)
-        self.socket_path = os.path.join(self.dir, SOCKET_NAME)
-        self.url = "unix://" + self.socket_path
-        self.log_path = os.path.join(self.dir, "service.log")
-        self._proc: Optional[subprocess.Popen[bytes]] = None
-
-    def start(self, probe: Callable[[str], bool], timeout: float) -> None:
-        """Start the service and wait until ``probe(url)`` is true; raise PodmanUnavailable."""
-        exe = shutil.which(self.podman_exe)
-        if not exe:
-            self.cleanup()
-            raise PodmanUnavailable(
-                f"podman executable {self.podman_exe!r} not found, so no private Podman"
-                " API service can be started; install Podman (Debian/Ubuntu: apt-get install"
-                f" podman) or set [{SECTION}] podman to its path, or [{SECTION}] socket to a"
-                " running service's socket"
-            )
-        with open(self.log_path, "wb") as log:
-            self._proc = subprocess.Popen(
-                ["/bin/sh", "-c", _WRAPPER, exe, self.url, *self.args],
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-                env=podman_environ(os.environ),
-            )
-        deadline = time.monotonic() + timeout
-        delay = 0.01
-        while True:
-            if os.path.exists(self.socket_path) and probe(self.url):
-                return
-            exited = self._proc.poll() is not None
-            if exited or time.monotonic() > deadline:
-                why = (
-                    f"exited with status {self._proc.returncode}"
-                    if exited
-                    else f"did not answer within {timeout:g} s"
-                )
-                tail = self.log_tail()
-                self.stop()
-                if tail and hint_for(tail) != GENERIC_HINT:
-                    fix = hint_for(tail)
-                elif exited:
-                    fix = "check that `podman info` works as you"
-                else:
-                    fix = (
-                        "check that `podman info` works as you, or raise"
-                        f" [{SECTION}] service_start_timeout if the host is just slow"
-                    )
-                raise PodmanUnavailable(
-                    f"private Podman API service ({exe} system service) {why}"
-                    + (f": {tail}" if tail else "")
-                    + f"; {fix}"
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
-
-    def log_tail(self, lines: int = 3) -> str:
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                text = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
-        except OSError:
-            return ""
-        text = [ln for ln in text if "is not a shared mount" not in ln]
-        return " | ".join(text[-lines:])
-
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def stop(self, grace: float = 5.0) -> None:
-        """Stop the service (close the pipe; TERM then KILL its process group) and clean up."""
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            try:
-                assert proc.stdin is not None
-                proc.stdin.close()
-            except OSError:
-                pass
-            try:
-                proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                for sig in (signal.SIGTERM, signal.SIGKILL):
-                    try:
-                        os.killpg(proc.pid, sig)
-                    except ProcessLookupError:
-                        break
-                    try:
-                        proc.wait(grace)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
-        self._proc = None
-        self.cleanup()
-
-    def restart(self, probe: Callable[[str], bool], timeout: float) -> None:
-        """Start again on the same socket path (after the service died)."""
-        if self.alive():
-            return
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)
-        self.start(probe, timeout)
-
-    def cleanup(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def unshare_chown(podman_exe: str, paths: List[str]) -> Optional[str]:

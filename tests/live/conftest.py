@@ -6,9 +6,11 @@ are missing, every live test fails with the command that fixes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -243,7 +245,26 @@ def short_dir() -> Iterator[Path]:
     """A directory with a short path (unix socket paths must stay under 108 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="mwp-", dir="/tmp"))
     yield path
+    stop_services_under(path)
     shutil.rmtree(path, ignore_errors=True)
+
+
+def service_processes(marker: str) -> List[Tuple[int, str]]:
+    """(pid, command line) of the Podman API services whose command line names ``marker``."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    found = []
+    for line in ps.splitlines()[1:]:
+        pid, _, args = line.strip().partition(" ")
+        if marker in args and "system service" in args and not args.startswith("/bin/sh"):
+            found.append((int(pid), args))
+    return found
+
+
+def stop_services_under(path: Path) -> None:
+    """Stop the warm services a test left under ``path`` (they would idle on for minutes)."""
+    for pid, _args in service_processes(str(path)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
 
 
 @pytest.fixture

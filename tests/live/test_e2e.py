@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import Dict
 
 import pytest
 
@@ -18,7 +20,9 @@ from .conftest import (
     containers_under,
     foreign_owned,
     podman,
+    service_processes,
     snapshot,
+    stop_services_under,
 )
 
 pytestmark = pytest.mark.podman
@@ -297,7 +301,8 @@ def _service_processes(marker: str) -> list[str]:
 def test_private_service_is_stopped_and_removed_after_run(
     miniwdl: Miniwdl, short_dir: Path
 ) -> None:
-    """The private service a run starts is gone, with its socket directory, when miniwdl exits."""
+    """With service_idle = 0, the private service a run starts is gone, with its socket
+    directory, when miniwdl exits."""
     runtime_dir = short_dir
     res = miniwdl.run(
         ECHO_WDL,
@@ -305,6 +310,7 @@ def test_private_service_is_stopped_and_removed_after_run(
         env={
             "MINIWDL__PODMAN_ROOTLESS__SERVICE": "private",
             "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": str(runtime_dir),
+            "MINIWDL__PODMAN_ROOTLESS__SERVICE_IDLE": "0",
         },
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -313,10 +319,140 @@ def test_private_service_is_stopped_and_removed_after_run(
     assert _service_processes(str(runtime_dir)) == []
 
 
+def _warm_env(runtime_dir: Path, idle: str = "600") -> Dict[str, str]:
+    return {
+        "MINIWDL__PODMAN_ROOTLESS__SERVICE": "private",
+        "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": str(runtime_dir),
+        "MINIWDL__PODMAN_ROOTLESS__SERVICE_IDLE": idle,
+    }
+
+
+def test_warm_service_is_reused_by_the_next_run_then_stops_when_idle(
+    miniwdl: Miniwdl, short_dir: Path
+) -> None:
+    """A run's private service outlives it (service_idle): the next run of the user with the
+    same options reuses it, with its facts cached (no /version and /info asked again), in a
+    0700 directory of the user's; once idle for service_idle it stops itself."""
+    env = _warm_env(short_dir, idle="6")
+    first = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert 'source: "private service (warm)"' in first.log()
+    (service,) = service_processes(str(short_dir))
+    (warm_dir,) = short_dir.iterdir()
+    st = warm_dir.stat()
+    assert st.st_uid == os.getuid() and st.st_mode & 0o777 == 0o700
+    second = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env, args=["--verbose"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.log()
+    assert 'source: "private service (warm, reused)"' in log
+    assert "podman service facts from this service's start" in log
+    assert service_processes(str(short_dir)) == [service], "the same service served both runs"
+    deadline = time.monotonic() + 60
+    while service_processes(str(short_dir)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert service_processes(str(short_dir)) == [], "the idle service did not stop itself"
+    third = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert 'source: "private service (warm)"' in third.log()  # started afresh, not a stale one
+
+
+def test_concurrent_runs_start_one_warm_service(miniwdl: Miniwdl, short_dir: Path) -> None:
+    """Three runs of one user started at once share one service: the first starts it, the
+    others wait on its lock and reuse it; all succeed."""
+    env = _warm_env(short_dir)
+    procs = [miniwdl.start(ECHO_WDL, f"image={BASE_IMAGE}", env=env) for _ in range(3)]
+    for proc, _run_dir in procs:
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    assert len(service_processes(str(short_dir))) == 1
+    sources = [next(run_dir.glob("*/task.log")).read_text() for _proc, run_dir in procs]
+    assert sum('source: "private service (warm)"' in log for log in sources) == 1
+    assert sum('source: "private service (warm, reused)"' in log for log in sources) == 2
+
+
+def test_options_that_differ_get_their_own_warm_service(
+    miniwdl: Miniwdl, short_dir: Path, tmp_path: Path
+) -> None:
+    """A run with other global podman options (service_args), or after Podman's configuration
+    changed (as `doctor --fix` changes it), never reuses a service started before."""
+    xdg = tmp_path / "xdg-config"
+    shutil.copytree(Path.home() / ".config" / "containers", xdg / "containers")
+    env = {**_warm_env(short_dir), "XDG_CONFIG_HOME": str(xdg)}
+    assert miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env).returncode == 0
+    other = {**env, "MINIWDL__PODMAN_ROOTLESS__SERVICE_ARGS": '["--log-level=warn"]'}
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=other)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'source: "private service (warm)"' in res.log()
+    assert len(service_processes(str(short_dir))) == 2 and len(list(short_dir.iterdir())) == 2
+    conf = xdg / "containers" / "containers.conf"
+    conf.write_text(conf.read_text() + "\n# changed\n")
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'source: "private service (warm)"' in res.log()
+    assert len(service_processes(str(short_dir))) == 3
+
+
+def test_after_a_sigkilled_run_the_next_reuses_the_service_and_reaps(
+    miniwdl: Miniwdl, short_dir: Path
+) -> None:
+    """SIGKILL of miniwdl mid-task leaves the warm service and the task's container; the next
+    run reuses the service and removes the dead run's container."""
+    env = _warm_env(short_dir)
+    wdl = """
+version 1.0
+task sleepy {
+    input { String image }
+    command <<< sleep 300 >>>
+    runtime { docker: image }
+}
+"""
+    proc, _run_dir = miniwdl.start(wdl, f"image={BASE_IMAGE}", env=env, capture=False)
+    try:
+        deadline = time.monotonic() + 60
+        while not containers_under(miniwdl.tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert containers_under(miniwdl.tmp_path), "the task's container never appeared"
+    finally:
+        proc.kill()
+        proc.wait()
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    log = res.log()
+    assert 'source: "private service (warm, reused)"' in log
+    assert "removed containers left by dead miniwdl runs" in log
+
+
+def test_a_warm_service_of_a_stale_namespace_is_replaced(miniwdl: Miniwdl, short_dir: Path) -> None:
+    """After `podman system migrate` restarted the user's rootless pause process (new user and
+    mount namespaces), a warm service still in the old ones is replaced, not reused: its
+    containers would be invisible to every other Podman command."""
+    env = _warm_env(short_dir)
+    assert miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env).returncode == 0
+    (old,) = service_processes(str(short_dir))
+    podman("system", "migrate")
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'source: "private service (warm)"' in res.log()
+    assert old not in service_processes(str(short_dir))
+    assert podman("ps", "-a").returncode == 0  # the CLI sees everything the service made
+
+
+def test_a_warm_service_directory_not_private_is_refused(miniwdl: Miniwdl, short_dir: Path) -> None:
+    """A warm service directory that others could enter (not 0700) is not used: one line."""
+    env = _warm_env(short_dir)
+    assert miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env).returncode == 0
+    stop_services_under(short_dir)
+    (warm_dir,) = short_dir.iterdir()
+    warm_dir.chmod(0o755)
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert "must be a directory owned by you with mode 0700" in res.clean_failure_line()
+
+
 def test_private_service_dies_with_sigkilled_miniwdl(
     miniwdl: Miniwdl, tmp_path: Path, short_dir: Path
 ) -> None:
-    """If miniwdl is SIGKILLed mid-task, its private service still stops (nothing stray)."""
+    """With service_idle = 0, if miniwdl is SIGKILLed mid-task, its private service still
+    stops (nothing stray)."""
     runtime_dir = short_dir
     wdl = """
 version 1.0
@@ -329,6 +465,7 @@ task sleepy {
     env = {
         "MINIWDL__PODMAN_ROOTLESS__SERVICE": "private",
         "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": str(runtime_dir),
+        "MINIWDL__PODMAN_ROOTLESS__SERVICE_IDLE": "0",
     }
     proc, _ = miniwdl.start(wdl, f"image={BASE_IMAGE}", env=env, capture=False)
     try:

@@ -138,7 +138,12 @@ def test_limits_on_an_ancestor_cgroup_cap_the_tasks(miniwdl: Miniwdl) -> None:
     res = miniwdl.run(
         CAPPED_WDL,
         f"image={BASE_IMAGE}",
-        env={"MINIWDL__SCHEDULER__TASK_CONCURRENCY": "8"},
+        # a service started in the capped cgroup must not outlive the run: later tests' tasks
+        # would run under its cap
+        env={
+            "MINIWDL__SCHEDULER__TASK_CONCURRENCY": "8",
+            "MINIWDL__PODMAN_ROOTLESS__SERVICE_IDLE": "0",
+        },
         wrapper=["sh", "-c", move, "move", *procs],
     )
     assert res.returncode == 0, res.stderr[-3000:]

@@ -11,7 +11,7 @@ from typing import List, Tuple
 import pytest
 
 from miniwdl_podman import budget, capacity, engine, settings
-from miniwdl_podman.engine import connection, processes
+from miniwdl_podman.engine import connection, processes, services
 from miniwdl_podman.errors import PodmanUnavailable
 
 
@@ -78,7 +78,7 @@ def test_private_service_refuses_too_long_socket_path(tmp_path: Path) -> None:
     deep = tmp_path / ("x" * 100)
     deep.mkdir()
     with pytest.raises(PodmanUnavailable) as info:
-        processes.PrivateService("podman", str(deep))
+        services.PrivateService("podman", str(deep))
     assert "runtime_dir" in str(info.value)
     assert list(deep.iterdir()) == []
 

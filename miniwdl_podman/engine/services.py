@@ -1,0 +1,398 @@
+"""The private Podman API services the backend starts when no socket of the user's answers.
+
+With ``service_idle`` > 0 a :class:`WarmService`: found or started on a well-known socket (one
+per user and set of options) and left running for the user's next run until it has been idle
+that long. With ``service_idle = 0`` a :class:`PrivateService`: ``podman system service
+--time=0`` on a socket in a fresh 0700 directory, stopped when miniwdl exits, and tied to a pipe
+held by this process, so that it stops even if miniwdl dies by SIGKILL. Both run in their own
+session (a Ctrl-C to miniwdl's terminal does not kill them before the backend has removed its
+containers). Whether a socket *answers* is asked through a probe function supplied by the
+connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from ..errors import GENERIC_HINT, PodmanUnavailable, hint_for
+from ..host import pid_alive, start_time
+from ..settings import SECTION
+from .processes import _PODMAN_READS, SOCKET_NAME, _usable_private_dir, podman_environ
+
+# The wrapper holds the service and exits with it; a reader on fd 3 (a pipe from miniwdl) stops
+# the service when the pipe reaches EOF, which happens when miniwdl closes it or dies.
+_WRAPPER = r"""
+exec 3<&0
+url=$1
+shift
+"$0" "$@" system service --time=0 "$url" </dev/null &
+svc=$!
+{ read -r _ignored <&3; kill -TERM "$svc" 2>/dev/null; } &
+reader=$!
+exec 3<&-
+wait "$svc"
+status=$?
+kill "$reader" 2>/dev/null
+exit "$status"
+"""
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL
+_MAX_SOCKET_PATH = 107
+
+
+class PrivateService:
+    """A ``podman system service`` owned by this process, on a socket in a private directory."""
+
+    def __init__(self, podman_exe: str, base_dir: str, args: Sequence[str] = ()) -> None:
+        self.podman_exe = podman_exe
+        self.args = list(args)  # global podman options, e.g. --root/--runroot
+        self._answering = False
+        # the socket path must fit in sockaddr_un: check before making anything
+        longest = os.path.join(base_dir, self._dir_name_pattern(), SOCKET_NAME)
+        if len(os.fsencode(longest)) > _MAX_SOCKET_PATH:
+            raise PodmanUnavailable(
+                f"the private Podman API socket would be too long a path for a unix socket"
+                f" ({len(os.fsencode(longest))} > {_MAX_SOCKET_PATH} bytes) under {base_dir};"
+                f" set [{SECTION}] runtime_dir (env MINIWDL__{SECTION.upper()}__RUNTIME_DIR) to a"
+                " shorter directory, e.g. /tmp/$USER-podman"
+            )
+        self.dir = self._make_dir(base_dir)
+        self.socket_path = os.path.join(self.dir, SOCKET_NAME)
+        self.url = "unix://" + self.socket_path
+        self.log_path = os.path.join(self.dir, "service.log")
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+
+    def _dir_name_pattern(self) -> str:
+        return "miniwdl-podman-XXXXXXXX"
+
+    def _make_dir(self, base_dir: str) -> str:
+        return tempfile.mkdtemp(prefix="miniwdl-podman-", dir=base_dir)
+
+    def _spawn(self, exe: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        """The service, held by the wrapper on a pipe from this process (see ``_WRAPPER``)."""
+        return subprocess.Popen(
+            ["/bin/sh", "-c", _WRAPPER, exe, self.url, *self.args],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=podman_environ(os.environ),
+        )
+
+    def start(self, probe: Callable[[str], bool], timeout: float) -> None:
+        """Start the service and wait until ``probe(url)`` is true; raise PodmanUnavailable."""
+        exe = shutil.which(self.podman_exe)
+        if not exe:
+            self.cleanup()
+            raise PodmanUnavailable(
+                f"podman executable {self.podman_exe!r} not found, so no private Podman"
+                " API service can be started; install Podman (Debian/Ubuntu: apt-get install"
+                f" podman) or set [{SECTION}] podman to its path, or [{SECTION}] socket to a"
+                " running service's socket"
+            )
+        with open(self.log_path, "wb") as log:
+            self._proc = self._spawn(exe, log)
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            if os.path.exists(self.socket_path) and probe(self.url):
+                self._answering = True
+                return
+            exited = self._proc.poll() is not None
+            if exited or time.monotonic() > deadline:
+                why = (
+                    f"exited with status {self._proc.returncode}"
+                    if exited
+                    else f"did not answer within {timeout:g} s"
+                )
+                tail = self.log_tail()
+                self.stop()
+                if tail and hint_for(tail) != GENERIC_HINT:
+                    fix = hint_for(tail)
+                elif exited:
+                    fix = "check that `podman info` works as you"
+                else:
+                    fix = (
+                        "check that `podman info` works as you, or raise"
+                        f" [{SECTION}] service_start_timeout if the host is just slow"
+                    )
+                raise PodmanUnavailable(
+                    f"private Podman API service ({exe} system service) {why}"
+                    + (f": {tail}" if tail else "")
+                    + f"; {fix}"
+                )
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.2)
+
+    def log_tail(self, lines: int = 3) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                text = [ln.strip() for ln in f.read().splitlines() if ln.strip()]
+        except OSError:
+            return ""
+        text = [ln for ln in text if "is not a shared mount" not in ln]
+        return " | ".join(text[-lines:])
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop the service (close the pipe; TERM then KILL its process group) and clean up."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            try:
+                if proc.stdin is not None:
+                    proc.stdin.close()
+            except OSError:
+                pass
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                for sig in (signal.SIGTERM, signal.SIGKILL):
+                    try:
+                        os.killpg(proc.pid, sig)
+                    except ProcessLookupError:
+                        break
+                    try:
+                        proc.wait(grace)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+        self._proc = None
+        self.cleanup()
+
+    def restart(self, probe: Callable[[str], bool], timeout: float) -> None:
+        """Start again on the same socket path (after the service died)."""
+        if self.alive():
+            return
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        self.start(probe, timeout)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class WarmService(PrivateService):
+    """A private ``podman system service --time=IDLE`` that outlives this run: the next run of
+    the same user with the same options finds it on its well-known socket and reuses it (no
+    cold start: Podman initialises its runtime on the first request, measured at about 0.3 s),
+    and it stops itself once no request has come for IDLE seconds.
+
+    Its directory, ``<runtime base>/miniwdl-podman-warm-<key>`` (0700, the user's), is named by
+    a key of everything that makes two services differ (the podman executable, the global
+    options, the environment Podman reads), so runs with other options never share one; it
+    holds the socket, the service's log, ``service.json`` (pid and start time) and the facts
+    cache. Starting is serialised by a lock in it: concurrent runs start one service between
+    them. A run killed by SIGKILL leaves only the service, which the next run reuses (and the
+    containers, which it reaps) or which stops itself.
+    """
+
+    def __init__(
+        self, podman_exe: str, base_dir: str, args: Sequence[str], idle: float, key: str
+    ) -> None:
+        self.idle = idle
+        self.reused = False
+        self._base_dir = base_dir
+        self._key = key
+        super().__init__(podman_exe, base_dir, args)
+
+    def _dir_name_pattern(self) -> str:
+        return f"miniwdl-podman-warm-{self._key}"
+
+    def _make_dir(self, base_dir: str) -> str:
+        path = os.path.join(base_dir, self._dir_name_pattern())
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        if not _usable_private_dir(path, os.geteuid()):
+            raise PodmanUnavailable(
+                f"{path} must be a directory owned by you with mode 0700 (remove it, or set"
+                f" [{SECTION}] runtime_dir elsewhere)"
+            )
+        return path
+
+    def _spawn(self, exe: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        """The service alone, in its own session, with no tie to this process: Podman stops
+        it after ``idle`` seconds without a request (``--time``)."""
+        return subprocess.Popen(
+            [exe, *self.args, "system", "service", f"--time={max(1, round(self.idle))}", self.url],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=podman_environ(os.environ),
+        )
+
+    def start(self, probe: Callable[[str], bool], timeout: float) -> None:
+        """Reuse the service if it answers on the socket, else start it (one process at a
+        time: the others wait on the lock, then reuse what it started)."""
+        fd = os.open(os.path.join(self.dir, "start.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.exists(self.socket_path) and probe(self.url):
+                if self._record().get("pause") == pause_process():
+                    self.reused = self._answering = True
+                    return
+                # the user's rootless namespace was made anew since (`podman system migrate`,
+                # the pause process died): its containers would be invisible to everything
+                # else; replace the service
+                self._retire()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.record_path)
+            super().start(probe, timeout)
+            assert self._proc is not None
+            record = {"pid": self._proc.pid, "started": start_time(self._proc.pid),
+                      "pause": pause_process()}  # fmt: skip
+            write_json(self.record_path, record)
+        finally:
+            os.close(fd)
+
+    def _retire(self) -> None:
+        """Stop the service recorded here (another instance, in a stale namespace)."""
+        record = self._record()
+        pid, started = record.get("pid"), str(record.get("started") or "")
+        if isinstance(pid, int) and pid_alive(pid, started):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while pid_alive(pid, started) and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+    @property
+    def record_path(self) -> str:
+        return os.path.join(self.dir, "service.json")
+
+    @property
+    def facts_path(self) -> str:
+        return os.path.join(self.dir, "facts.json")
+
+    def _record(self) -> Dict[str, Any]:
+        try:
+            with open(self.record_path) as f:
+                raw = json.load(f)
+            return raw if isinstance(raw, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def cached_facts(self) -> Optional[Dict[str, Any]]:
+        """The ``/version`` and ``/info`` answers this service instance gave before (None: not
+        known for this instance)."""
+        record = self._record()
+        pid, started = record.get("pid"), str(record.get("started") or "")
+        if not isinstance(pid, int) or not started or not pid_alive(pid, started):
+            return None
+        try:
+            with open(self.facts_path) as f:
+                cached = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not isinstance(cached, dict) or cached.get("service") != record:
+            return None
+        return cached
+
+    def remember_facts(self, version: Dict[str, Any], info: Dict[str, Any]) -> None:
+        """Keep this instance's facts for the next run (best effort)."""
+        record = self._record()
+        if record:
+            with contextlib.suppress(OSError):
+                write_json(self.facts_path, {"service": record, "version": version, "info": info})
+
+    def alive(self) -> bool:
+        """Whether the service is known to run (one this process did not start, or that was
+        restarted by another run, is found by :meth:`restart`)."""
+        return False
+
+    def restart(self, probe: Callable[[str], bool], timeout: float) -> None:
+        """After the service died: start it again, unless another run did first."""
+        self._answering = False
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self.start(probe, timeout)
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Leave a healthy service running for the next run (it stops itself when idle); stop
+        one that this process started but that never came up."""
+        if not self._answering:
+            super().stop(grace)
+
+    def cleanup(self) -> None:
+        """Remove the directory only when no service is using it."""
+        if not (os.path.exists(self.socket_path) and self._answering):
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def pause_process() -> Optional[List[Any]]:
+    """[pid, start time] of the user's rootless pause process, which holds the user namespace
+    and mount namespace every rootless Podman process joins (None: none running)."""
+    env = podman_environ(os.environ)
+    base = env.get("XDG_RUNTIME_DIR") or os.path.join(
+        env.get("TMPDIR") or "/tmp", f"podman-run-{os.geteuid()}"
+    )
+    try:
+        with open(os.path.join(base, "libpod", "tmp", "pause.pid")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    started = start_time(pid)
+    return [pid, started] if started else None
+
+
+def write_json(path: str, data: Dict[str, Any]) -> None:
+    """Write ``path`` so that a reader never sees half of it."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as out:
+        json.dump(data, out)
+    os.replace(tmp, path)
+
+
+# the configuration a Podman service reads once, at its start
+_CONFIG_FILES = ("containers.conf", "storage.conf", "registries.conf", "policy.json", "mounts.conf")
+_CONFIG_DIRS = ("containers.conf.d", "registries.conf.d")
+
+
+def _config_stamps(env: Mapping[str, str]) -> List[Any]:
+    """(path, mtime, size) of each configuration file Podman reads (user's, system's): a
+    service started before one changed (e.g. by `doctor --fix`) is not reused."""
+    home = env.get("HOME") or os.path.expanduser("~")
+    user = os.path.join(env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "containers")
+    stamps: List[Any] = []
+    for base in (user, "/etc/containers", "/usr/share/containers"):
+        paths = [os.path.join(base, name) for name in _CONFIG_FILES]
+        for d in _CONFIG_DIRS:
+            with contextlib.suppress(OSError):
+                names = sorted(os.listdir(os.path.join(base, d)))
+                paths += [os.path.join(base, d, n) for n in names]
+        for path in paths:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                stamps.append([path, st.st_mtime_ns, st.st_size])
+    for var in ("CONTAINERS_CONF", "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF"):
+        with contextlib.suppress(OSError, KeyError):
+            st = os.stat(env[var])
+            stamps.append([env[var], st.st_mtime_ns, st.st_size])
+    return stamps
+
+
+def service_key(podman_exe: str, args: Sequence[str], idle: float) -> str:
+    """What tells two private services apart: executable, global options, idle time, the
+    environment Podman reads and its configuration files as they are now."""
+    exe = shutil.which(podman_exe) or podman_exe
+    env = podman_environ(os.environ)
+    read = {k: v for k, v in env.items() if k.startswith("CONTAINERS_") or k in _PODMAN_READS}
+    raw = json.dumps(
+        [os.path.realpath(exe), list(args), idle, sorted(read.items()), _config_stamps(env)]
+    )
+    return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:12]
