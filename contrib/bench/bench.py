@@ -150,6 +150,23 @@ def podmanpy_floor(n: int) -> float:
         os.rmdir(base)
 
 
+def _miniwdl_env(tmp: str, backend: str, extra: Dict[str, str]) -> Dict[str, str]:
+    """The environment of a benchmarked ``miniwdl run`` (an empty config file in ``tmp``)."""
+    cfg = Path(tmp) / "miniwdl.cfg"
+    cfg.write_text("")
+    return {
+        **os.environ,
+        "MINIWDL_CFG": str(cfg),
+        "MINIWDL__SCHEDULER__CONTAINER_BACKEND": backend,
+        "MINIWDL__CALL_CACHE__GET": "false",
+        "MINIWDL__CALL_CACHE__PUT": "false",
+        "MINIWDL__PODMAN_ROOTLESS__NETWORK": "none",
+        "MINIWDL__PODMAN__EXE": '["podman"]',
+        "MINIWDL__FILE_IO__CHOWN": "false",
+        **extra,
+    }
+
+
 def miniwdl_scatter(
     backend: str, n: int, concurrency: int, files: int = 0, rss: bool = False
 ) -> Tuple[float, int]:
@@ -157,21 +174,7 @@ def miniwdl_scatter(
     with tempfile.TemporaryDirectory(prefix="mwpb-") as tmp:
         wdl = Path(tmp) / "bench.wdl"
         wdl.write_text(SCATTER_WDL)
-        cfg = Path(tmp) / "miniwdl.cfg"
-        cfg.write_text("")
-        env = dict(os.environ)
-        env.update(
-            {
-                "MINIWDL_CFG": str(cfg),
-                "MINIWDL__SCHEDULER__CONTAINER_BACKEND": backend,
-                "MINIWDL__SCHEDULER__TASK_CONCURRENCY": str(concurrency),
-                "MINIWDL__CALL_CACHE__GET": "false",
-                "MINIWDL__CALL_CACHE__PUT": "false",
-                "MINIWDL__PODMAN_ROOTLESS__NETWORK": "none",
-                "MINIWDL__PODMAN__EXE": '["podman"]',
-                "MINIWDL__FILE_IO__CHOWN": "false",
-            }
-        )
+        env = _miniwdl_env(tmp, backend, {"MINIWDL__SCHEDULER__TASK_CONCURRENCY": str(concurrency)})
         cmd = ["miniwdl", "run", str(wdl), f"n={n}", f"files={files}", f"image={IMAGE}",
                "--dir", tmp + "/run/"]  # fmt: skip
         peak = 0
@@ -214,21 +217,7 @@ def one_task_run(backend: str, runtime_dir: str) -> float:
     with tempfile.TemporaryDirectory(prefix="mwpb-") as tmp:
         wdl = Path(tmp) / "one.wdl"
         wdl.write_text(ONE_TASK_WDL)
-        cfg = Path(tmp) / "miniwdl.cfg"
-        cfg.write_text("")
-        env = dict(os.environ)
-        env.update(
-            {
-                "MINIWDL_CFG": str(cfg),
-                "MINIWDL__SCHEDULER__CONTAINER_BACKEND": backend,
-                "MINIWDL__CALL_CACHE__GET": "false",
-                "MINIWDL__CALL_CACHE__PUT": "false",
-                "MINIWDL__PODMAN_ROOTLESS__NETWORK": "none",
-                "MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": runtime_dir,
-                "MINIWDL__PODMAN__EXE": '["podman"]',
-                "MINIWDL__FILE_IO__CHOWN": "false",
-            }
-        )
+        env = _miniwdl_env(tmp, backend, {"MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": runtime_dir})
         t0 = time.perf_counter()
         proc = subprocess.run(
             ["miniwdl", "run", str(wdl), f"image={IMAGE}", "--dir", tmp + "/run/"],

@@ -77,11 +77,16 @@ class PrivateService:
     def _make_dir(self, base_dir: str) -> str:
         return tempfile.mkdtemp(prefix="miniwdl-podman-", dir=base_dir)
 
-    def _spawn(self, exe: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    def _argv(self, exe: str) -> List[str]:
         """The service, held by the wrapper on a pipe from this process (see ``_WRAPPER``)."""
+        return ["/bin/sh", "-c", _WRAPPER, exe, self.url, *self.args]
+
+    _stdin = subprocess.PIPE
+
+    def _spawn(self, exe: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            ["/bin/sh", "-c", _WRAPPER, exe, self.url, *self.args],
-            stdin=subprocess.PIPE,
+            self._argv(exe),
+            stdin=self._stdin,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -222,18 +227,19 @@ class WarmService(PrivateService):
             )
         return path
 
-    def _spawn(self, exe: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
-        """The service alone, in its own session, with no tie to this process: Podman stops
-        it after ``idle`` seconds without a request (``--time``)."""
-        return subprocess.Popen(
-            [exe, *self.args, "system", "service", f"--time={max(1, round(self.idle))}", self.url],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env=podman_environ(os.environ),
-        )
+    def _argv(self, exe: str) -> List[str]:
+        """The service alone, with no tie to this process: Podman stops it after ``idle``
+        seconds without a request (``--time``)."""
+        return [
+            exe,
+            *self.args,
+            "system",
+            "service",
+            f"--time={max(1, round(self.idle))}",
+            self.url,
+        ]
+
+    _stdin = subprocess.DEVNULL
 
     def start(self, probe: Callable[[str], bool], timeout: float) -> None:
         """Reuse the service if it answers on the socket, else start it (one process at a
