@@ -8,9 +8,11 @@ pure (functions of a file's text), so it is unit-tested without the files.
 from __future__ import annotations
 
 import functools
+import json
 import os
+import socket
 import tempfile
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 # file system types on which rootless container storage breaks (no xattrs/whiteouts, no
 # user-namespaced ownership) or crawls; by /proc/self/mountinfo's type name
@@ -152,3 +154,14 @@ def private_dir(uid: int) -> str:
     processes (coordination ledger, pull locks, private service sockets):
     ``/tmp/miniwdl-podman-<uid>``."""
     return os.path.join(tempfile.gettempdir(), f"miniwdl-podman-{uid}")
+
+
+def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
+    """Write JSON so that a reader (another process, or another host over NFS) never sees half
+    of it."""
+    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+    with open(tmp, "w") as out:
+        json.dump(data, out)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)

@@ -23,6 +23,7 @@ from WDL import Error
 from WDL.runtime.error import Interrupted
 
 from . import __version__, errors
+from .host import write_json_atomic
 from .identity import IdentityError
 from .plan import TaskPlan
 from .settings import Settings
@@ -43,16 +44,6 @@ def _refuse(what: str, path: str, raw: Dict[str, Any], why: str) -> ProtocolErro
         " of miniwdl_podman on the login node and the compute nodes ([podman_rootless_slurm]"
         " node_python)"
     )
-
-
-def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
-    """Write JSON so that a reader on another host never sees half of it."""
-    tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
-    with open(tmp, "w") as out:
-        json.dump(data, out)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 def _read(what: str, path: str) -> Dict[str, Any]:

@@ -25,7 +25,7 @@ import time
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import GENERIC_HINT, PodmanUnavailable, hint_for
-from ..host import pid_alive, start_time
+from ..host import pid_alive, start_time, write_json_atomic
 from ..settings import SECTION
 from .processes import _PODMAN_READS, SOCKET_NAME, _usable_private_dir, podman_environ
 
@@ -263,7 +263,7 @@ class WarmService(PrivateService):
             assert self._proc is not None
             record = {"pid": self._proc.pid, "started": start_time(self._proc.pid),
                       "pause": pause_process()}  # fmt: skip
-            write_json(self.record_path, record)
+            write_json_atomic(self.record_path, record)
         finally:
             os.close(fd)
 
@@ -315,7 +315,9 @@ class WarmService(PrivateService):
         record = self._record()
         if record:
             with contextlib.suppress(OSError):
-                write_json(self.facts_path, {"service": record, "version": version, "info": info})
+                write_json_atomic(
+                    self.facts_path, {"service": record, "version": version, "info": info}
+                )
 
     def alive(self) -> bool:
         """Whether the service is known to run (one this process did not start, or that was
@@ -354,14 +356,6 @@ def pause_process() -> Optional[List[Any]]:
         return None
     started = start_time(pid)
     return [pid, started] if started else None
-
-
-def write_json(path: str, data: Dict[str, Any]) -> None:
-    """Write ``path`` so that a reader never sees half of it."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as out:
-        json.dump(data, out)
-    os.replace(tmp, path)
 
 
 # the configuration a Podman service reads once, at its start
