@@ -249,13 +249,15 @@ def short_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def service_processes(marker: str) -> List[Tuple[int, str]]:
-    """(pid, command line) of the Podman API services whose command line names ``marker``."""
+def service_processes(marker: str, wrappers: bool = False) -> List[Tuple[int, str]]:
+    """(pid, command line) of the Podman API services whose command line names ``marker``;
+    with ``wrappers``, also the shells that hold per-run services."""
     ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
     found = []
     for line in ps.splitlines()[1:]:
         pid, _, args = line.strip().partition(" ")
-        if marker in args and "system service" in args and not args.startswith("/bin/sh"):
+        wrapper = args.startswith("/bin/sh")
+        if marker in args and "system service" in args and (wrappers or not wrapper):
             found.append((int(pid), args))
     return found
 

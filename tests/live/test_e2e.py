@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import pytest
 
@@ -293,11 +293,6 @@ def test_service_that_will_not_start_fails_with_its_message(
     assert list(runtime_dir.iterdir()) == []
 
 
-def _service_processes(marker: str) -> list[str]:
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [ln for ln in ps.splitlines() if marker in ln and "system service" in ln]
-
-
 def test_private_service_is_stopped_and_removed_after_run(
     miniwdl: Miniwdl, short_dir: Path
 ) -> None:
@@ -316,7 +311,7 @@ def test_private_service_is_stopped_and_removed_after_run(
     assert res.returncode == 0, res.stderr[-3000:]
     assert 'source: "private service"' in res.log()
     assert list(runtime_dir.iterdir()) == []
-    assert _service_processes(str(runtime_dir)) == []
+    assert service_processes(str(runtime_dir), wrappers=True) == []
 
 
 def _warm_env(runtime_dir: Path, idle: str = "600") -> Dict[str, str]:
@@ -456,6 +451,10 @@ def test_private_service_dies_with_sigkilled_miniwdl(
     """With service_idle = 0, if miniwdl is SIGKILLed mid-task, its private service still
     stops (nothing stray)."""
     runtime_dir = short_dir
+
+    def held() -> List[Tuple[int, str]]:
+        return service_processes(str(runtime_dir), wrappers=True)
+
     wdl = """
 version 1.0
 task sleepy {
@@ -472,16 +471,16 @@ task sleepy {
     proc, _ = miniwdl.start(wdl, f"image={BASE_IMAGE}", env=env, capture=False)
     try:
         deadline = time.monotonic() + 60
-        while not _service_processes(str(runtime_dir)) and time.monotonic() < deadline:
+        while not held() and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _service_processes(str(runtime_dir)), "private service never started"
+        assert held(), "private service never started"
     finally:
         proc.kill()
         proc.wait()
     deadline = time.monotonic() + 20
-    while _service_processes(str(runtime_dir)) and time.monotonic() < deadline:
+    while held() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _service_processes(str(runtime_dir)) == []
+    assert held() == []
     # the orphaned task container is the next run's or doctor's to clean up (issue 6); here we
     # remove it ourselves so this test leaves nothing behind
     for name in containers_under(tmp_path):
