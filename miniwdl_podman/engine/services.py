@@ -294,9 +294,9 @@ class WarmService(PrivateService):
         except (OSError, ValueError):
             return {}
 
-    def cached_facts(self) -> Optional[Dict[str, Any]]:
-        """The ``/version`` and ``/info`` answers this service instance gave before (None: not
-        known for this instance)."""
+    def cached_info(self) -> Optional[Dict[str, Any]]:
+        """The ``/info`` answer this service instance gave before (None: not known for this
+        instance)."""
         record = self._record()
         pid, started = record.get("pid"), str(record.get("started") or "")
         if not isinstance(pid, int) or not started or not pid_alive(pid, started):
@@ -308,16 +308,15 @@ class WarmService(PrivateService):
             return None
         if not isinstance(cached, dict) or cached.get("service") != record:
             return None
-        return cached
+        info = cached.get("info")
+        return dict(info) if isinstance(info, dict) else None
 
-    def remember_facts(self, version: Dict[str, Any], info: Dict[str, Any]) -> None:
-        """Keep this instance's facts for the next run (best effort)."""
+    def remember_info(self, info: Dict[str, Any]) -> None:
+        """Keep this instance's ``/info`` answer for the next run (best effort)."""
         record = self._record()
         if record:
             with contextlib.suppress(OSError):
-                write_json_atomic(
-                    self.facts_path, {"service": record, "version": version, "info": info}
-                )
+                write_json_atomic(self.facts_path, {"service": record, "info": info})
 
     def alive(self) -> bool:
         """Whether the service is known to run (one this process did not start, or that was

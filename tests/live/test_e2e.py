@@ -326,7 +326,7 @@ def test_warm_service_is_reused_by_the_next_run_then_stops_when_idle(
     miniwdl: Miniwdl, short_dir: Path
 ) -> None:
     """A run's private service outlives it (service_idle): the next run of the user with the
-    same options reuses it, with its facts cached (no /version and /info asked again), in a
+    same options reuses it, with its facts cached (no /info asked again), in a
     0700 directory of the user's; once idle for service_idle it stops itself."""
     env = _warm_env(short_dir, idle="6")
     first = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)

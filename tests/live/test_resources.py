@@ -159,7 +159,7 @@ def test_unenforceable_limits_are_reported_once_and_tasks_still_run(
 ) -> None:
     """Where rootless Podman cannot enforce cpu/memory limits (cgroup v1; cgroup v2 without the
     controllers delegated): one warning with why and fix, and the tasks run anyway."""
-    enf = podman_facts.enforcement(podman_facts.from_service({}, rootless_podman))
+    enf = podman_facts.enforcement(podman_facts.from_service(rootless_podman))
     if enf.cpu and enf.memory:
         pytest.fail("this test needs a host where rootless Podman cannot enforce limits")
     res = miniwdl.run(
@@ -410,7 +410,7 @@ def test_each_rootless_network_this_podman_has_runs_tasks(
 ) -> None:
     """Every rootless network mode this Podman offers (slirp4netns up to 5.x, pasta from 5.0)
     gives a task an interface beside lo, through runtime.docker_network."""
-    facts = podman_facts.from_service({}, rootless_podman)
+    facts = podman_facts.from_service(rootless_podman)
     modes = (["slirp4netns"] if facts.has_slirp4netns else []) + (
         ["pasta"] if facts.version >= (5, 0, 0) else []
     )

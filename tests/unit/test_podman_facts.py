@@ -10,8 +10,12 @@ from miniwdl_podman import libpod, podman_facts
 
 
 def _facts(version: str, **host: Any) -> podman_facts.PodmanFacts:
-    info: Dict[str, Any] = {"host": {"security": {"rootless": True}, **host}, "store": {}}
-    return podman_facts.from_service({"Version": version, "ApiVersion": "x"}, info)
+    info: Dict[str, Any] = {
+        "host": {"security": {"rootless": True}, **host},
+        "store": {},
+        "version": {"Version": version, "APIVersion": version},
+    }
+    return podman_facts.from_service(info)
 
 
 @pytest.mark.parametrize(
@@ -62,8 +66,10 @@ def test_controllers_and_store_are_read() -> None:
     info = {
         "host": {"cgroupVersion": "v2", "cgroupControllers": ["memory", "pids"]},
         "store": {"graphDriverName": "overlay", "graphRoot": "/g", "runRoot": "/r"},
+        "version": {"Version": "6.1.1", "APIVersion": "6.1.1"},
     }
-    f = podman_facts.from_service({"Version": "6.1.1"}, info)
+    f = podman_facts.from_service(info)
+    assert (f.version_text, f.api_version) == ("6.1.1", "6.1.1")
     assert f.cgroup_controllers == frozenset({"memory", "pids"})
     assert (f.storage_driver, f.graph_root, f.run_root) == ("overlay", "/g", "/r")
 

@@ -17,9 +17,10 @@ def _info(version: str, controllers: List[str], rootless: bool = True) -> Any:
             "cgroupVersion": version,
             "cgroupControllers": controllers,
             "security": {"rootless": rootless},
-        }
+        },
+        "version": {"Version": "5.4.2"},
     }
-    return podman_facts.from_service({"Version": "5.4.2"}, info)
+    return podman_facts.from_service(info)
 
 
 def test_cgroup_v1_rootless_enforces_nothing_and_says_how_to_fix() -> None:

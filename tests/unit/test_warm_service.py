@@ -39,20 +39,20 @@ def test_a_warm_service_is_found_by_its_key_and_its_facts_cached(tmp_path: Path)
     assert key != services.service_key(exe, [], 600)
     first = services.WarmService(exe, str(base), ["--log-level=info"], 600, key)
     first.start(_answers, 10)
-    assert not first.reused and first.cached_facts() is None
-    first.remember_facts({"Version": "9"}, {"host": {}})
+    assert not first.reused and first.cached_info() is None
+    first.remember_info({"host": {}, "version": {"Version": "9"}})
     first.stop()
     first.cleanup()  # a healthy service and its directory stay for the next run
     second = services.WarmService(exe, str(base), ["--log-level=info"], 600, key)
     second.start(_answers, 10)
     assert second.reused and second.dir == first.dir
-    cached = second.cached_facts()
+    cached = second.cached_info()
     assert cached is not None and cached["version"] == {"Version": "9"}
     record = second._record()
     os.kill(record["pid"], signal.SIGKILL)
     assert first._proc is not None
     first._proc.wait(10)  # reaped (a miniwdl that started it has exited: init reaps it)
-    assert second.cached_facts() is None  # facts belong to the instance, not the directory
+    assert second.cached_info() is None  # facts belong to the instance, not the directory
     st = os.stat(first.dir)
     assert st.st_mode & 0o777 == 0o700 and st.st_uid == os.geteuid()
     shutil.rmtree(base)
