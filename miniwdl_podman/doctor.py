@@ -311,7 +311,7 @@ class Doctor:
             return
         try:
             # leftovers are reported (and removed by --fix), not reaped by a check
-            self.runtime = open_runtime(self.settings, self.logger, reap=False)
+            self.runtime = open_runtime(self.settings, self.logger, reap=False, cached_facts=False)
         except BackendError as exn:
             self.add("api service", FAIL, str(exn), hint_for(str(exn)))
             return

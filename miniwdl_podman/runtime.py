@@ -45,11 +45,16 @@ def coordination_dir(settings: Settings) -> Optional[str]:
 
 
 def open_runtime(
-    settings: Settings, logger: logging.Logger, pool_size: int = 16, reap: bool = True
+    settings: Settings,
+    logger: logging.Logger,
+    pool_size: int = 16,
+    reap: bool = True,
+    cached_facts: bool = True,
 ) -> Runtime:
     """Connect to Podman (the user's socket or a private service) and assemble the runtime;
     with ``reap``, remove containers that dead runs on this host left (in the background: the
-    first task need not wait for it; finished before the process exits)."""
+    first task need not wait for it; finished before the process exits); without
+    ``cached_facts``, the service's facts are asked even where a cache holds them (doctor)."""
     coordination = coordination_dir(settings)
 
     def image_lock(image: str) -> ContextManager[object]:
@@ -59,7 +64,7 @@ def open_runtime(
 
     engine = Engine(settings, pool_size, image_lock)
     try:
-        engine.connect(logger)
+        engine.connect(logger, cached_facts)
         if reap:
             engine.reap_dead_runs_soon(logger)
     except BaseException:

@@ -54,9 +54,10 @@ class Engine:
         # image_lock: held around a pull (the caller's cross-process lock)
         self.images = Images(self.connection, self.containers, image_lock)
 
-    def connect(self, logger: logging.Logger) -> None:
-        """Find the user's API socket or start a private service; read its facts."""
-        self.connection.connect(logger)
+    def connect(self, logger: logging.Logger, cached_facts: bool = True) -> None:
+        """Find the user's API socket or start a private service; read its facts (a warm
+        service's from its cache while they hold, unless not ``cached_facts``)."""
+        self.connection.connect(logger, cached_facts)
 
     @property
     def facts(self) -> PodmanFacts:

@@ -137,8 +137,10 @@ class Connection:
 
     # -- connection ---------------------------------------------------------------------------
 
-    def connect(self, logger: logging.Logger) -> None:
-        """Find the user's API socket or start a private service; log which and the version."""
+    def connect(self, logger: logging.Logger, cached_facts: bool = True) -> None:
+        """Find the user's API socket or start a private service; log which and the version.
+        With ``cached_facts``, a warm service's facts are taken from its cache while they hold
+        (:meth:`WarmService.cached_info`); without, they are always asked (doctor)."""
         s = self.settings
         url, source = candidate(s, os.environ)
         if url and not url.startswith(("unix://", "http+unix://")):
@@ -207,19 +209,20 @@ class Connection:
         self._client = PodmanClient(
             base_url=self.url, timeout=s.api_timeout, max_pool_size=self.pool_size
         )
-        cached = self._private.cached_info() if isinstance(self._private, WarmService) else None
+        kept = self._private if isinstance(self._private, WarmService) else None
+        cached = kept.cached_info() if kept is not None and cached_facts else None
         try:
-            if cached is not None:
-                # what this service instance said at its start: it does not change while it runs
+            if kept is not None and cached is not None:
                 self.info = cached
-                logger.info(_("podman service facts from this service's start (cached)",
-                              url=self.url))  # fmt: skip
+                logger.info(
+                    _("podman service facts cached", url=self.url, facts_from=kept.info_from)
+                )
             else:
                 # /info carries the version too: no /version request (it costs the service as
                 # much as /info again, 0.23-0.30 s a call on 4.3.1)
                 self.info = self._client.info()
-                if isinstance(self._private, WarmService):
-                    self._private.remember_info(self.info)
+                if kept is not None:
+                    kept.remember_info(self.info)
         except APIError as exn:
             self.close()
             raise PodmanUnavailable(

@@ -209,6 +209,7 @@ class WarmService(PrivateService):
     ) -> None:
         self.idle = idle
         self.reused = False
+        self.info_from = ""
         self._base_dir = base_dir
         self._key = key
         super().__init__(podman_exe, base_dir, args)
@@ -295,28 +296,39 @@ class WarmService(PrivateService):
             return {}
 
     def cached_info(self) -> Optional[Dict[str, Any]]:
-        """The ``/info`` answer this service instance gave before (None: not known for this
-        instance)."""
-        record = self._record()
-        pid, started = record.get("pid"), str(record.get("started") or "")
-        if not isinstance(pid, int) or not started or not pid_alive(pid, started):
-            return None
+        """A ``/info`` answer still true for this service (None: ask it): the one this very
+        instance gave (it does not change while the service runs), or an earlier instance's
+        (same key) while nothing else it depends on has changed (:func:`facts_stamps`).
+        :attr:`info_from` says which."""
         try:
             with open(self.facts_path) as f:
                 cached = json.load(f)
         except (OSError, ValueError):
             return None
-        if not isinstance(cached, dict) or cached.get("service") != record:
+        info = cached.get("info") if isinstance(cached, dict) else None
+        if not isinstance(info, dict):
             return None
-        info = cached.get("info")
-        return dict(info) if isinstance(info, dict) else None
+        record = self._record()
+        pid, started = record.get("pid"), str(record.get("started") or "")
+        alive = isinstance(pid, int) and bool(started) and pid_alive(pid, started)
+        if alive and cached.get("service") == record:
+            self.info_from = "this service instance"
+            return dict(info)
+        if cached.get("stamps") == facts_stamps(self.podman_exe, info):
+            self.info_from = "an earlier service; nothing it depends on changed since"
+            return dict(info)
+        return None
 
     def remember_info(self, info: Dict[str, Any]) -> None:
-        """Keep this instance's ``/info`` answer for the next run (best effort)."""
+        """Keep this instance's ``/info`` answer, and what it depends on, for the next run
+        (best effort)."""
         record = self._record()
         if record:
             with contextlib.suppress(OSError):
-                write_json_atomic(self.facts_path, {"service": record, "info": info})
+                stamps = facts_stamps(self.podman_exe, info)
+                write_json_atomic(
+                    self.facts_path, {"service": record, "stamps": stamps, "info": info}
+                )
 
     def alive(self) -> bool:
         """Whether the service is known to run (one this process did not start, or that was
@@ -395,3 +407,43 @@ def service_key(podman_exe: str, args: Sequence[str], idle: float) -> str:
         [os.path.realpath(exe), list(args), idle, sorted(read.items()), _config_stamps(env)]
     )
     return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def facts_stamps(podman_exe: str, info: Mapping[str, Any]) -> List[Any]:
+    """What a service's ``/info`` depends on beyond its key (:func:`service_key`: executable
+    path, options, environment, configuration files): the boot (cgroup layout), this process's
+    cgroup (the controllers delegated to it; a new login session or batch job has its own), the
+    podman executable and the OCI runtime and conmon it reported (upgraded or replaced), the
+    directories holding them (a runtime installed beside them may become the default), the
+    user's subordinate ids, and the store's root (made anew by `podman system reset`). A new
+    service instance reuses an earlier one's ``/info`` only while all of these are unchanged."""
+    host = info.get("host") or {}
+    exe = os.path.realpath(shutil.which(podman_exe) or podman_exe)
+    paths = [exe, os.path.dirname(exe), "/etc/subuid", "/etc/subgid"]
+    for part in ("ociRuntime", "conmon"):
+        path = str((host.get(part) or {}).get("path") or "")
+        if path:
+            path = os.path.realpath(path)
+            paths += [path, os.path.dirname(path)]
+    graph_root = str((info.get("store") or {}).get("graphRoot") or "")
+    if graph_root:
+        paths.append(graph_root)
+    stamps: List[Any] = [
+        _read_text("/proc/sys/kernel/random/boot_id").strip(),
+        _read_text("/proc/self/cgroup"),
+    ]
+    for path in paths:
+        try:
+            st = os.stat(path)
+            stamps.append([path, st.st_ino, st.st_mtime_ns, st.st_size])
+        except OSError:
+            stamps.append([path, None])
+    return stamps

@@ -340,7 +340,7 @@ def test_warm_service_is_reused_by_the_next_run_then_stops_when_idle(
     assert second.returncode == 0, second.stderr[-3000:]
     log = second.log()
     assert 'source: "private service (warm, reused)"' in log
-    assert "podman service facts from this service's start" in log
+    assert "podman service facts cached" in log and "this service instance" in log
     assert service_processes(str(short_dir)) == [service], "the same service served both runs"
     deadline = time.monotonic() + 60
     while service_processes(str(short_dir)) and time.monotonic() < deadline:
@@ -349,6 +349,43 @@ def test_warm_service_is_reused_by_the_next_run_then_stops_when_idle(
     third = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
     assert third.returncode == 0, third.stderr[-3000:]
     assert 'source: "private service (warm)"' in third.log()  # started afresh, not a stale one
+
+
+def _stop_and_wait(runtime_dir: Path) -> None:
+    stop_services_under(runtime_dir)
+    deadline = time.monotonic() + 30
+    while service_processes(str(runtime_dir)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert service_processes(str(runtime_dir)) == [], "a warm service did not stop"
+
+
+def test_a_new_warm_service_reuses_the_last_ones_facts_until_podman_changes(
+    miniwdl: Miniwdl, short_dir: Path, tmp_path: Path
+) -> None:
+    """After the warm service stopped, the next run starts a new one but does not ask it for
+    /info again while nothing the answer depends on changed; once the podman executable did
+    (an upgrade), it asks."""
+    (tmp_path / "bin").mkdir()  # a directory of its own: a file made beside it counts too
+    podman_exe = tmp_path / "bin" / "podman"
+    podman_exe.write_text(f'#!/bin/sh\nexec {shutil.which("podman")} "$@"\n')
+    podman_exe.chmod(0o755)
+    env = {**_warm_env(short_dir), "MINIWDL__PODMAN_ROOTLESS__PODMAN": str(podman_exe)}
+    first = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env, args=["--verbose"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "podman service facts cached" not in first.log()
+    _stop_and_wait(short_dir)
+    second = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env, args=["--verbose"])
+    assert second.returncode == 0, second.stderr[-3000:]
+    log = second.log()
+    assert 'source: "private service (warm)"' in log  # a new instance
+    assert "podman service facts cached" in log and "an earlier service" in log
+    _stop_and_wait(short_dir)
+    st = podman_exe.stat()
+    os.utime(podman_exe, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env, args=["--verbose"])
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert "podman service facts cached" not in third.log()
+    _stop_and_wait(short_dir)
 
 
 def test_concurrent_runs_start_one_warm_service(miniwdl: Miniwdl, short_dir: Path) -> None:

@@ -32,7 +32,8 @@ def _answers(url: str) -> bool:
 
 def test_a_warm_service_is_found_by_its_key_and_its_facts_cached(tmp_path: Path) -> None:
     """The second run with the same key reuses the service (no new process); another key gets
-    its own; facts remembered by the first are given back while that instance runs."""
+    its own; facts remembered by the first are given back while that instance runs, and to a
+    later instance only until the podman executable changes."""
     exe = _fake_podman(tmp_path)
     base = Path(tempfile.mkdtemp(prefix="mwp-", dir="/tmp"))  # a socket path must be short
     key = services.service_key(exe, ["--log-level=info"], 600)
@@ -48,11 +49,41 @@ def test_a_warm_service_is_found_by_its_key_and_its_facts_cached(tmp_path: Path)
     assert second.reused and second.dir == first.dir
     cached = second.cached_info()
     assert cached is not None and cached["version"] == {"Version": "9"}
+    assert second.info_from == "this service instance"
     record = second._record()
     os.kill(record["pid"], signal.SIGKILL)
     assert first._proc is not None
     first._proc.wait(10)  # reaped (a miniwdl that started it has exited: init reaps it)
-    assert second.cached_info() is None  # facts belong to the instance, not the directory
+    # a new instance may take them while nothing they depend on changed; not after that
+    assert second.cached_info() is not None
+    assert second.info_from.startswith("an earlier service")
+    st = os.stat(exe)
+    os.utime(exe, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # podman upgraded
+    assert second.cached_info() is None
     st = os.stat(first.dir)
     assert st.st_mode & 0o777 == 0o700 and st.st_uid == os.geteuid()
     shutil.rmtree(base)
+
+
+def test_facts_stamps_change_with_what_info_depends_on(tmp_path: Path) -> None:
+    """The stamps of a cached /info change when the OCI runtime it names is replaced, a
+    binary appears beside it, or the store's root is made anew; not otherwise."""
+    exe = _fake_podman(tmp_path)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    runc = bindir / "runc"
+    runc.write_text("1")
+    graph = tmp_path / "graph"
+    graph.mkdir()
+    info = {"host": {"ociRuntime": {"path": str(runc)}}, "store": {"graphRoot": str(graph)}}
+    before = services.facts_stamps(exe, info)
+    assert services.facts_stamps(exe, info) == before
+    (bindir / "crun").write_text("2")
+    after_install = services.facts_stamps(exe, info)
+    assert after_install != before
+    runc.write_text("upgraded")
+    assert services.facts_stamps(exe, info) != after_install
+    now = services.facts_stamps(exe, info)
+    shutil.rmtree(graph)
+    graph.mkdir()
+    assert services.facts_stamps(exe, info) != now
