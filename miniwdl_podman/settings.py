@@ -75,7 +75,7 @@ class Settings:
     service_args: Tuple[str, ...] = ()
     runtime_dir: str = ""
     service_start_timeout: float = 30.0
-    service_idle: float = 0.0
+    service_idle: float = 600.0
     api_timeout: float = 300.0
     wait_interval: str = "20ms"
     wait_fast_seconds: float = 5.0
