@@ -24,7 +24,19 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
 from WDL._util import StructuredLogMessage as _
 from WDL.runtime.error import Terminated
@@ -50,6 +62,60 @@ class SlurmError(ContainerFailed):
     """Slurm refused or lost a task's job."""
 
 
+# runtime keys that place a task's job, named and meant as miniwdl-slurm reads them, so that a
+# WDL written for it runs unchanged: text keys, and gpuCount (a whole number)
+PLACEMENT_TEXT_KEYS = (
+    "slurm_partition", "slurm_partition_gpu", "slurm_account", "slurm_account_gpu",
+    "slurm_constraint", "gpuType",
+)  # fmt: skip
+PLACEMENT_COUNT_KEY = "gpuCount"
+# the sbatch options they set (long and short forms): a site default in extra_args gives way
+_PLACEMENT_OPTIONS = {
+    "partition": ("--partition", "-p"),
+    "account": ("--account", "-A"),
+    "constraint": ("--constraint", "-C"),
+    "gres": ("--gres",),
+}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a task's job goes: ``--partition``, ``--account``, ``--constraint``, ``--gres``
+    (empty: not asked)."""
+
+    partition: str = ""
+    account: str = ""
+    constraint: str = ""
+    gres: str = ""
+
+
+def placement(runtime_values: Mapping[str, Any], settings: SlurmSettings) -> Placement:
+    """A task's placement from its runtime values, as miniwdl-slurm places it: a task asking
+    for GPUs (runtime.gpu) takes ``slurm_partition_gpu``/``slurm_account_gpu`` where given, and
+    ``--gres=gpu[:gpuType]:gpuCount`` where either is given (else the site's ``gpu_gres``);
+    gpuCount and gpuType mean nothing without runtime.gpu."""
+    gpu = bool(runtime_values.get("gpu", False))
+
+    def text(key: str) -> str:
+        if gpu and runtime_values.get(f"{key}_gpu"):
+            return str(runtime_values[f"{key}_gpu"])
+        return str(runtime_values.get(key) or "")
+
+    gres = ""
+    if gpu:
+        count, kind = runtime_values.get(PLACEMENT_COUNT_KEY), runtime_values.get("gpuType")
+        if count or kind:
+            gres = "gpu:" + (f"{kind}:" if kind else "") + str(max(1, int(count or 1)))
+        else:
+            gres = settings.gpu_gres
+    return Placement(
+        partition=text("slurm_partition"),
+        account=text("slurm_account"),
+        constraint=str(runtime_values.get("slurm_constraint") or ""),
+        gres=gres,
+    )
+
+
 def sbatch_args(
     settings: SlurmSettings,
     *,
@@ -57,13 +123,14 @@ def sbatch_args(
     cpu: int,
     memory_bytes: int,
     time_minutes: int,
-    gpu: bool,
+    placement: Placement,
     output: str,
     workdir: str,
     comment: str,
     command: Sequence[str],
 ) -> List[str]:
-    """The ``sbatch`` command line for one task attempt (everything but the executable).
+    """The ``sbatch`` command line for one task attempt (everything but the executable); the
+    task's :class:`Placement` replaces the same options in ``extra_args``.
 
     Slurm reads ``%`` and ``\\`` in ``--output`` as its filename patterns and cannot open a
     path with bytes that are not UTF-8: when ``output`` or ``workdir`` holds any of them (see
@@ -93,9 +160,13 @@ def sbatch_args(
     minutes = time_minutes or settings.time_minutes
     if minutes > 0:
         args.append(f"--time={minutes}")
-    if gpu and settings.gpu_gres:
-        args.append(f"--gres={settings.gpu_gres}")
     extra = list(settings.extra_args)
+    for field, options in _PLACEMENT_OPTIONS.items():
+        value = getattr(placement, field)
+        if value:
+            # the task's own placement wins over a site default given in extra_args
+            args.append(f"{options[0]}={value}")
+            extra = _drop_options(extra, options)
     if memory_bytes > 0:
         # sbatch refuses --mem beside a site default of --mem-per-cpu/--mem-per-gpu given in
         # extra_args: the task's own runtime.memory wins; tasks without it keep the default
@@ -353,8 +424,9 @@ class Slurm:
             if not transient_submit_error(said):
                 raise SlurmError(
                     f"Slurm refused the task's job: {said}; check the task's runtime (cpu,"
-                    f" memory, gpu, time_minutes) against the partition, and [{SLURM_SECTION}]"
-                    " extra_args / gpu_gres"
+                    " memory, gpu, time_minutes, slurm_partition, slurm_account,"
+                    " slurm_constraint, gpuType, gpuCount) against the partition, and"
+                    f" [{SLURM_SECTION}] extra_args / gpu_gres"
                 )
             logger.warning(_("sbatch failed; Slurm's controller may be restarting or swamped",
                              error=said, attempt=attempt))  # fmt: skip

@@ -109,6 +109,19 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             if not isinstance(minutes, int) or minutes <= 0:
                 raise Error.RuntimeError("invalid setting of runtime.time_minutes")
             self.runtime_values["time_minutes"] = minutes
+        for key in slurm_mod.PLACEMENT_TEXT_KEYS:
+            if key in runtime_eval:
+                text = runtime_eval[key].coerce(Type.String()).value
+                if not isinstance(text, str):
+                    raise Error.RuntimeError(f"invalid setting of runtime.{key}")
+                if text.strip():
+                    self.runtime_values[key] = text.strip()
+        key = slurm_mod.PLACEMENT_COUNT_KEY
+        if key in runtime_eval:
+            count = runtime_eval[key].coerce(Type.Int()).value
+            if not isinstance(count, int):
+                raise Error.RuntimeError(f"invalid setting of runtime.{key}")
+            self.runtime_values[key] = max(1, count)
 
     # -- per task ---------------------------------------------------------------------------
 
@@ -141,7 +154,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             cpu=cpu,
             memory_bytes=mem,
             time_minutes=minutes,
-            gpu=bool(self.runtime_values.get("gpu", False)),
+            placement=slurm_mod.placement(self.runtime_values, ss),
             output=files["log"],
             workdir=self.host_dir,
             comment=comment,

@@ -63,7 +63,8 @@ SlurmdParameters=config_overrides
 # quick kills and a short memory of finished jobs, for the fault tests
 KillWait=5
 MinJobAge=300
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+# a feature, for runtime.slurm_constraint
+NodeName=$host CPUs=$cpus RealMemory=$mem_mb Features=mwp-test State=UNKNOWN
 # preemption: a job in "urgent" cancels jobs of "main" it needs room from (PREEMPTED)
 PreemptType=preempt/partition_prio
 PreemptMode=CANCEL

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -618,6 +619,52 @@ task gpu {
     line = slurm.run(wdl, f"image={PULL_IMAGE}").clean_failure_line()
     assert "Slurm refused the task's job" in line
     assert "gres" in line.lower() and "gpu_gres" in line
+
+
+def test_miniwdl_slurm_runtime_keys_place_the_job(slurm: SlurmRun) -> None:
+    """A WDL written for miniwdl-slurm runs unchanged: slurm_partition, slurm_account and
+    slurm_constraint place the job (as Slurm records it), over the site's defaults in
+    extra_args; a GPU task takes the _gpu variants and asks --gres=gpu:TYPE:N."""
+    wdl = """
+version 1.0
+workflow w {
+    input { String image }
+    call placed { input: image = image }
+    output { String ok = placed.ok }
+}
+task placed {
+    input { String image }
+    command <<< echo ok >>>
+    output { String ok = read_string(stdout()) }
+    runtime {
+        docker: image
+        slurm_partition: "urgent"
+        slurm_partition_gpu: "no-such-partition"
+        slurm_account: "mwp-lab"
+        slurm_constraint: "mwp-test"
+        gpuCount: 2
+    }
+}
+"""
+    site = {"MINIWDL__PODMAN_ROOTLESS_SLURM__EXTRA_ARGS": "--partition=main --account=site"}
+    res = slurm.run(wdl, f"image={PULL_IMAGE}", args=["--verbose"], env=site)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.outputs["w.ok"] == "ok"
+    log = next(iter(_files(res.run_dir, "task.log"))).read_text()
+    (job_id,) = re.findall(r'slurm job submitted :: job_id: "(\d+)"', log)
+    job = subprocess.run(
+        ["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    assert "Partition=urgent" in job and "Account=mwp-lab" in job
+    assert "Features=mwp-test" in job
+    assert "gres" not in log.lower()  # gpuCount means nothing without runtime.gpu
+    gpu_wdl = wdl.replace("gpuCount: 2", 'gpuCount: 2\n        gpuType: "fake"\n        gpu: true')
+    gpu_res = slurm.run(gpu_wdl, f"image={PULL_IMAGE}", args=["--verbose"], env=site)
+    assert "Slurm refused the task's job" in gpu_res.clean_failure_line()
+    gpu_log = next(iter(_files(gpu_res.run_dir, "task.log"))).read_text()
+    sbatch = next(ln for ln in gpu_log.splitlines() if "sbatch :: args" in ln)
+    assert '"--partition=no-such-partition"' in sbatch and '"--gres=gpu:fake:2"' in sbatch
+    assert '"--account=mwp-lab"' in sbatch and "--partition=main" not in sbatch
 
 
 def test_node_without_the_helper_fails_clearly(slurm: SlurmRun) -> None:

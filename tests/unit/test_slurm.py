@@ -19,8 +19,9 @@ CMD = ["/venv/bin/python", "-m", "miniwdl_podman", "node-run", "/runs/a b/try1.j
 
 def _args(**kw: object) -> list:
     base = dict(
-        job_name="miniwdl-call-x", cpu=4, memory_bytes=3 * 2**30 + 1, time_minutes=0, gpu=False,
-        output="/runs/try1.log", workdir="/runs", comment="miniwdl-podman:1@h", command=CMD,
+        job_name="miniwdl-call-x", cpu=4, memory_bytes=3 * 2**30 + 1, time_minutes=0,
+        placement=slurm.Placement(), output="/runs/try1.log", workdir="/runs",
+        comment="miniwdl-podman:1@h", command=CMD,
     )  # fmt: skip
     base.update(kw)
     return slurm.sbatch_args(settings.SlurmSettings(), **base)  # type: ignore[arg-type]
@@ -62,15 +63,16 @@ def test_sbatch_args_time_gpu_and_extra_args() -> None:
         {"extra_args": "--partition=gpu --qos 'high prio'", "time_minutes": "30"}
     )
     args = slurm.sbatch_args(
-        ss, job_name="j", cpu=0, memory_bytes=0, time_minutes=0, gpu=True, output="o",
-        workdir="w", comment="c", command=["x"],
+        ss, job_name="j", cpu=0, memory_bytes=0, time_minutes=0,
+        placement=slurm.placement({"gpu": True}, ss), output="o", workdir="w", comment="c",
+        command=["x"],
     )  # fmt: skip
     assert "--time=30" in args and "--gres=gpu:1" in args and "--cpus-per-task=1" in args
     assert args[-4:-1] == ["--partition=gpu", "--qos", "high prio"]
     assert not [a for a in args if a.startswith("--mem")]
     args = slurm.sbatch_args(
-        ss, job_name="j", cpu=1, memory_bytes=0, time_minutes=5, gpu=False, output="o",
-        workdir="w", comment="c", command=["x"],
+        ss, job_name="j", cpu=1, memory_bytes=0, time_minutes=5, placement=slurm.Placement(),
+        output="o", workdir="w", comment="c", command=["x"],
     )  # fmt: skip
     assert "--time=5" in args
 
@@ -81,8 +83,8 @@ def test_task_memory_replaces_a_site_default_of_memory_per_cpu() -> None:
     ss = settings.slurm_from_mapping(
         {"extra_args": "--mem-per-cpu=2G --partition=p --mem-per-gpu 8G --qos=q"}
     )
-    common = dict(job_name="j", cpu=1, time_minutes=0, gpu=False, output="o", workdir="w",
-                  comment="c", command=CMD)  # fmt: skip
+    common = dict(job_name="j", cpu=1, time_minutes=0, placement=slurm.Placement(), output="o",
+                  workdir="w", comment="c", command=CMD)  # fmt: skip
     sized = slurm.sbatch_args(ss, memory_bytes=2**30, **common)  # type: ignore[arg-type]
     assert "--mem=1024M" in sized
     assert not [a for a in sized if a.startswith("--mem-per") or a == "8G"]
@@ -90,6 +92,44 @@ def test_task_memory_replaces_a_site_default_of_memory_per_cpu() -> None:
     unsized = slurm.sbatch_args(ss, memory_bytes=0, **common)  # type: ignore[arg-type]
     assert "--mem-per-cpu=2G" in unsized and unsized[unsized.index("--mem-per-gpu") + 1] == "8G"
     assert not [a for a in unsized if a.startswith("--mem=")]
+
+
+@pytest.mark.parametrize(
+    ("runtime", "expected"),
+    [
+        ({}, slurm.Placement(gres="")),
+        ({"slurm_partition": "p", "slurm_partition_gpu": "pg", "slurm_account": "a",
+          "slurm_account_gpu": "ag", "slurm_constraint": "avx2", "gpuCount": 2},
+         slurm.Placement("p", "a", "avx2", "")),
+        ({"gpu": True, "slurm_partition": "p", "slurm_partition_gpu": "pg", "slurm_account": "a"},
+         slurm.Placement("pg", "a", "", "gpu:1")),
+        ({"gpu": True, "slurm_account_gpu": "ag", "gpuCount": 2},
+         slurm.Placement("", "ag", "", "gpu:2")),
+        ({"gpu": True, "gpuType": "a100", "gpuCount": 4}, slurm.Placement(gres="gpu:a100:4")),
+        ({"gpu": True, "gpuType": "v100"}, slurm.Placement(gres="gpu:v100:1")),
+    ],
+)  # fmt: skip
+def test_placement_reads_miniwdl_slurm_runtime_keys(runtime: Dict[str, Any], expected: Any) -> None:
+    """miniwdl-slurm's keys mean the same here: the _gpu variants and gpuCount/gpuType apply
+    only to a task asking for GPUs; without either, a GPU task gets the site's gpu_gres."""
+    assert slurm.placement(runtime, settings.SlurmSettings()) == expected
+
+
+def test_a_task_placement_replaces_the_site_default_in_extra_args() -> None:
+    """--partition/-p, --account/-A, --constraint/-C and --gres set by the task replace the same
+    options in extra_args (either form); options the task does not set stay."""
+    ss = settings.slurm_from_mapping(
+        {"extra_args": "-p site --account=lab -C old --gres=gpu:1 --qos=q"}
+    )
+    place = slurm.Placement(partition="big", account="proj", constraint="", gres="gpu:a100:2")
+    args = slurm.sbatch_args(
+        ss, job_name="j", cpu=1, memory_bytes=0, time_minutes=0, placement=place, output="o",
+        workdir="w", comment="c", command=CMD,
+    )  # fmt: skip
+    assert "--partition=big" in args and "--account=proj" in args
+    assert "--gres=gpu:a100:2" in args and "--qos=q" in args
+    assert "-C" in args and args[args.index("-C") + 1] == "old"  # not set by the task: kept
+    assert not [a for a in args if a in ("-p", "site", "--account=lab", "--gres=gpu:1")]
 
 
 @pytest.mark.parametrize(
