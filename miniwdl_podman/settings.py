@@ -139,13 +139,13 @@ def _number(name: str, value: str, section: str = SECTION) -> float:
     return ans
 
 
-def _seconds_or_zero(name: str, value: str) -> float:
+def _seconds_or_zero(name: str, value: str, section: str = SECTION) -> float:
     try:
         seconds_ = float(value)
     except ValueError:
         seconds_ = -1.0
     if not seconds_ >= 0:
-        raise _invalid(name, value, "expected a number of seconds, 0 or more")
+        raise _invalid(name, value, "expected a number of seconds, 0 or more", section)
     return seconds_
 
 
@@ -242,6 +242,8 @@ SLURM_DESCRIPTIONS: Dict[str, str] = {
     "node_runtime_dir": "where the node's private service socket goes; empty: as locally",
     "sbatch": "the sbatch command (scancel and scontrol are found beside it)",
     "submit_timeout": "seconds to keep retrying sbatch while Slurm's controller is away",
+    "pending_timeout": "seconds a job may stay pending for one reason before its task fails;"
+    " 0: as long as Slurm keeps it",
 }
 
 
@@ -257,6 +259,7 @@ class SlurmSettings:
     node_runtime_dir: str = ""
     sbatch: str = "sbatch"
     submit_timeout: float = 300.0
+    pending_timeout: float = 0.0
 
 
 SLURM_DEFAULTS: Dict[str, Tuple[str, str]] = {
@@ -292,6 +295,7 @@ def slurm_from_mapping(raw: Dict[str, str]) -> SlurmSettings:
         node_runtime_dir=get("node_runtime_dir"),
         sbatch=get("sbatch") or "sbatch",
         submit_timeout=_number("submit_timeout", get("submit_timeout"), SLURM_SECTION),
+        pending_timeout=_seconds_or_zero("pending_timeout", get("pending_timeout"), SLURM_SECTION),
     )
 
 

@@ -62,6 +62,34 @@ class SlurmError(ContainerFailed):
     """Slurm refused or lost a task's job."""
 
 
+# pending reasons that mean Slurm will never start the job as it was asked for
+HOPELESS = frozenset(
+    ["PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints",
+     "InvalidAccount", "InvalidQOS", "DependencyNeverSatisfied"]
+)  # fmt: skip
+
+
+def pending_verdict(
+    job_id: str, reason: str, seconds_in_reason: float, pending_timeout: float
+) -> Optional[str]:
+    """Why a pending job's task should fail now (None: keep waiting): a reason Slurm never
+    gets over, or one that lasted ``pending_timeout`` seconds (0: no limit)."""
+    fix = (
+        "check the task's runtime (cpu, memory, time_minutes, slurm_partition, slurm_account,"
+        f" slurm_constraint) and [{SLURM_SECTION}] extra_args against the partition"
+        " (`scontrol show partition`)"
+    )
+    if reason in HOPELESS:
+        return f"Slurm will never start the task's job {job_id} as asked (pending: {reason}); {fix}"
+    if pending_timeout > 0 and seconds_in_reason >= pending_timeout:
+        return (
+            f"the task's Slurm job {job_id} was still pending after {seconds_in_reason:.0f} s"
+            f" for one reason: {reason} (`squeue -j {job_id}` says more); {fix}, or raise"
+            f" [{SLURM_SECTION}] pending_timeout (0: wait as long as Slurm does)"
+        )
+    return None
+
+
 # runtime keys that place a task's job, named and meant as miniwdl-slurm reads them, so that a
 # WDL written for it runs unchanged: text keys, and gpuCount (a whole number)
 PLACEMENT_TEXT_KEYS = (

@@ -186,6 +186,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
                 poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
                 running = confirmed = False
                 ended_at: Optional[float] = None
+                pending = ("", time.monotonic())  # (Slurm's reason, since when)
                 while True:
                     poll_stderr()
                     if not confirmed:
@@ -221,6 +222,8 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
                     if os.path.exists(files["result"]):
                         break
                     st = watcher.state(job_id)
+                    if not running and st is not None and st.state == "PENDING":
+                        pending = self._pending(logger, job_id, st.reason, pending, files, slurm)
                     if st is not None and st.terminal:
                         # the helper writes its result before the job ends, unless the job was
                         # killed hard; on NFS the file may show here a little later
@@ -233,6 +236,34 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             return job_id, self._await_end(job_id, slurm, 30.0)
         finally:
             watcher.forget(job_id)
+
+    def _pending(
+        self,
+        logger: logging.Logger,
+        job_id: str,
+        reason: str,
+        last: Tuple[str, float],
+        files: Dict[str, str],
+        slurm: slurm_mod.Slurm,
+    ) -> Tuple[str, float]:
+        """A pending job: log Slurm's reason when it changes; cancel the job and fail the task
+        when Slurm will never start it, or it waited ``pending_timeout`` for one reason."""
+        ss = self._slurm_settings
+        assert ss is not None
+        if reason != last[0]:
+            notice(logger, _("slurm job pending", job_id=job_id, reason=reason or "?"))
+            last = (reason, time.monotonic())
+        verdict = slurm_mod.pending_verdict(
+            job_id, reason, time.monotonic() - last[1], ss.pending_timeout
+        )
+        if verdict is not None:
+            # the job must never run the attempt once the task has failed: take its claim
+            holder = protocol.claim(files["claim"], "cancelled") or ""
+            slurm.cancel(sorted(j for j in {job_id, holder} if j.isdigit()), logger)
+            self._await_end(job_id, slurm, 60.0)
+            logger.error(_(verdict, job_id=job_id, reason=reason))
+            raise slurm_mod.SlurmError(verdict)
+        return last
 
     @staticmethod
     def _await_end(job_id: str, slurm: slurm_mod.Slurm, timeout: float) -> str:

@@ -70,6 +70,8 @@ PreemptType=preempt/partition_prio
 PreemptMode=CANCEL
 PartitionName=main Nodes=$host Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=1024 PriorityTier=1
 PartitionName=urgent Nodes=$host MaxTime=INFINITE State=UP DefMemPerCPU=1024 PriorityTier=10
+# a job asking for more time than this partition allows pends for ever (PartitionTimeLimit)
+PartitionName=short Nodes=$host MaxTime=1 State=UP DefMemPerCPU=1024 PriorityTier=1
 CONF
 cat > /etc/slurm/cgroup.conf <<CONF
 # written by miniwdl_podman contrib/testbed/slurm.sh: jobs are confined and tracked by cgroup v1,

@@ -667,6 +667,87 @@ task placed {
     assert '"--account=mwp-lab"' in sbatch and "--partition=main" not in sbatch
 
 
+ECHO_TASK_WDL = """
+version 1.0
+task echo {
+    input {
+        String image
+        String partition = "main"
+    }
+    command <<< echo ok >>>
+    output { String ok = read_string(stdout()) }
+    runtime {
+        docker: image
+        slurm_partition: partition
+        time_minutes: 5
+    }
+}
+"""
+
+
+def _job_pending_for(run_dir: Path, reason: str) -> str:
+    """The id of the run's job, once its task log shows it pending for ``reason``."""
+    found: List[str] = []
+
+    def pending() -> bool:
+        for log in run_dir.glob("*/task.log"):
+            found[:] = re.findall(
+                rf'slurm job pending :: job_id: "(\d+)", reason: "{reason}"', log.read_text()
+            )
+        return bool(found)
+
+    _wait_for(pending, timeout=60, what=f"the task log to show its job pending ({reason})")
+    return found[0]
+
+
+def test_a_held_job_shows_its_pending_reason_and_runs_once_released(slurm: SlurmRun) -> None:
+    """While the task's job is pending, its log says why (once per change); released, it
+    runs."""
+    held = {"MINIWDL__PODMAN_ROOTLESS_SLURM__EXTRA_ARGS": "--hold"}
+    proc, run_dir = slurm.start(ECHO_TASK_WDL, f"image={PULL_IMAGE}", env=held)
+    try:
+        job_id = _job_pending_for(run_dir, "JobHeldUser")
+        time.sleep(12)  # a few more squeue rounds: the reason is logged once, not per round
+        subprocess.run(["scontrol", "release", job_id], check=True)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out)["outputs"]["echo.ok"] == "ok"
+    log = next(run_dir.glob("*/task.log")).read_text()
+    assert log.count("slurm job pending") == 1, log
+    assert "slurm job running" in log
+
+
+def test_a_job_pending_past_pending_timeout_fails_naming_its_reason(slurm: SlurmRun) -> None:
+    """pending_timeout: a job pending for one reason that long is cancelled and its task fails
+    with the reason and the option."""
+    env = {
+        "MINIWDL__PODMAN_ROOTLESS_SLURM__EXTRA_ARGS": "--hold",
+        "MINIWDL__PODMAN_ROOTLESS_SLURM__PENDING_TIMEOUT": "8",
+    }
+    res = slurm.run(ECHO_TASK_WDL, f"image={PULL_IMAGE}", env=env)
+    line = res.clean_failure_line()
+    assert "still pending after" in line and "JobHeldUser" in line
+    assert "pending_timeout" in line
+    (job_id,) = re.findall(r'slurm job submitted :: job_id: "(\d+)"', res.log())
+    state = subprocess.run(
+        ["squeue", "-h", "--states=all", "-j", job_id, "-o", "%T"], capture_output=True, text=True
+    ).stdout.strip()
+    assert state in ("CANCELLED", ""), state  # cancelled (or already forgotten), never run
+
+
+def test_a_job_slurm_will_never_start_fails_at_once(slurm: SlurmRun) -> None:
+    """A job asking for more than its partition allows (PartitionTimeLimit, which Slurm keeps
+    pending for ever) fails its task at once with the reason, whatever pending_timeout says."""
+    # without the verdict the run would wait for ever (pending_timeout is 0): the runner's
+    # timeout would fail the test
+    res = slurm.run(ECHO_TASK_WDL, f"image={PULL_IMAGE}", "partition=short", timeout=300)
+    line = res.clean_failure_line()
+    assert "Slurm will never start the task's job" in line and "PartitionTimeLimit" in line
+    assert "time_minutes" in line and "scontrol show partition" in line
+
+
 def test_node_without_the_helper_fails_clearly(slurm: SlurmRun) -> None:
     """A node_python that does not exist on the node: the job ends without a result, and the
     error names the option and the job's log."""

@@ -141,6 +141,7 @@ def test_a_task_placement_replaces_the_site_default_in_extra_args() -> None:
         ({"time_minutes": "-3"}, "expected a whole number"),
         ({"submit_timeout": "0"}, "positive number of seconds"),
         ({"extra_args": "--open-mode=truncate"}, "--open-mode is set by the backend"),
+        ({"pending_timeout": "-1"}, "MINIWDL__PODMAN_ROOTLESS_SLURM__PENDING_TIMEOUT"),
     ],
 )
 def test_slurm_settings_refuse_conflicting_or_bad_values(raw: dict, expected: str) -> None:
@@ -347,3 +348,15 @@ def _refusal(tmp_path: Any, raw: Dict[str, Any]) -> str:
     with pytest.raises(protocol.ProtocolError) as info:
         protocol.read_job(str(tmp_path / "v.json"))
     return str(info.value)
+
+
+def test_pending_verdict_fails_hopeless_reasons_at_once_and_others_after_the_timeout() -> None:
+    """A reason Slurm never gets over fails at once, whatever the timeout; another only once
+    it lasted pending_timeout seconds, and never with pending_timeout 0."""
+    hopeless = slurm.pending_verdict("7", "PartitionTimeLimit", 0.0, 0.0)
+    assert hopeless is not None and "never start" in hopeless and "job 7" in hopeless
+    assert "time_minutes" in hopeless and "scontrol show partition" in hopeless
+    assert slurm.pending_verdict("7", "Resources", 10**6, 0.0) is None
+    assert slurm.pending_verdict("7", "JobHeldUser", 59.0, 60.0) is None
+    late = slurm.pending_verdict("7", "JobHeldUser", 61.0, 60.0)
+    assert late is not None and "JobHeldUser" in late and "pending_timeout" in late
