@@ -62,6 +62,12 @@ class SlurmError(ContainerFailed):
     """Slurm refused or lost a task's job."""
 
 
+# what to check when Slurm refuses a job, or will never start it
+_CHECK_THE_ASK = (
+    "check the task's runtime (cpu, memory, gpu, time_minutes, slurm_partition, slurm_account,"
+    " slurm_constraint, gpuType, gpuCount) against the partition, and"
+    f" [{SLURM_SECTION}] extra_args / gpu_gres"
+)
 # pending reasons that mean Slurm will never start the job as it was asked for
 HOPELESS = frozenset(
     ["PartitionConfig", "PartitionTimeLimit", "PartitionNodeLimit", "BadConstraints",
@@ -74,11 +80,7 @@ def pending_verdict(
 ) -> Optional[str]:
     """Why a pending job's task should fail now (None: keep waiting): a reason Slurm never
     gets over, or one that lasted ``pending_timeout`` seconds (0: no limit)."""
-    fix = (
-        "check the task's runtime (cpu, memory, time_minutes, slurm_partition, slurm_account,"
-        f" slurm_constraint) and [{SLURM_SECTION}] extra_args against the partition"
-        " (`scontrol show partition`)"
-    )
+    fix = f"{_CHECK_THE_ASK} (`scontrol show partition`)"
     if reason in HOPELESS:
         return f"Slurm will never start the task's job {job_id} as asked (pending: {reason}); {fix}"
     if pending_timeout > 0 and seconds_in_reason >= pending_timeout:
@@ -450,12 +452,7 @@ class Slurm:
             if job_id:
                 return job_id
             if not transient_submit_error(said):
-                raise SlurmError(
-                    f"Slurm refused the task's job: {said}; check the task's runtime (cpu,"
-                    " memory, gpu, time_minutes, slurm_partition, slurm_account,"
-                    " slurm_constraint, gpuType, gpuCount) against the partition, and"
-                    f" [{SLURM_SECTION}] extra_args / gpu_gres"
-                )
+                raise SlurmError(f"Slurm refused the task's job: {said}; {_CHECK_THE_ASK}")
             logger.warning(_("sbatch failed; Slurm's controller may be restarting or swamped",
                              error=said, attempt=attempt))  # fmt: skip
             if submission_may_have_landed(said):

@@ -25,7 +25,7 @@ import time
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import GENERIC_HINT, PodmanUnavailable, hint_for
-from ..host import pid_alive, start_time, write_json_atomic
+from ..host import pid_alive, read_text, start_time, write_json_atomic
 from ..settings import SECTION
 from .processes import _PODMAN_READS, SOCKET_NAME, _usable_private_dir, podman_environ
 
@@ -411,14 +411,6 @@ def service_key(podman_exe: str, args: Sequence[str], idle: float) -> str:
     return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def _read_text(path: str) -> str:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return ""
-
-
 def facts_stamps(podman_exe: str, info: Mapping[str, Any]) -> List[Any]:
     """What a service's ``/info`` depends on beyond its key (:func:`service_key`: executable
     path, options, environment, configuration files): the boot (cgroup layout), this process's
@@ -439,8 +431,8 @@ def facts_stamps(podman_exe: str, info: Mapping[str, Any]) -> List[Any]:
     if graph_root:
         paths.append(graph_root)
     stamps: List[Any] = [
-        _read_text("/proc/sys/kernel/random/boot_id").strip(),
-        _read_text("/proc/self/cgroup"),
+        read_text("/proc/sys/kernel/random/boot_id").strip(),
+        read_text("/proc/self/cgroup"),
     ]
     for path in paths:
         try:
