@@ -23,6 +23,7 @@ from WDL._util import StructuredLogMessage as _
 
 from . import gpu, identity, ownership, staging, usage
 from . import spec as spec_mod
+from ._logging import notice
 from ._once import Once
 from .engine import Engine, ImageRef, Running
 from .errors import BackendError
@@ -68,19 +69,20 @@ class Launcher:
                     )
                     if user.home and user.home != "/":
                         home_exists = container.exists(user.home)
-            return spec_mod.ImageFacts(ref.id, user, home_exists)
+            return spec_mod.ImageFacts(ref.id, user, home_exists, ref.digest)
 
         return self._image_facts.get(ref.id, probe)[0]
 
     def spec(
         self,
         plan: TaskPlan,
+        facts: spec_mod.ImageFacts,
         logger: logging.Logger,
         aliases: Optional[Dict[str, str]] = None,
     ) -> Tuple[spec_mod.ContainerSpec, identity.Identity]:
-        """Resolve image, identity and devices, and compute the container spec."""
+        """Resolve identity and devices against the image's facts, and compute the container
+        spec."""
         devices = gpu.gpu_devices(self.settings) if plan.gpu else []
-        facts = self.image_facts(plan, logger)
         spec, ident = spec_mod.resolve(plan, facts, self.host, self.settings, devices, aliases)
         logger.info(
             _(
@@ -115,8 +117,16 @@ class Launcher:
         put back when the run is closed."""
         prepared = staging.prepare(plan, logger)
         try:
-            spec, _ident = self.spec(plan, logger, prepared.aliases)
-            return TaskRun(self.engine.containers.start(spec, logger), prepared)
+            facts = self.image_facts(plan, logger)
+            # the image this task runs, for the record: every task of the process that names
+            # the same image runs the same one (resolved once; the container is made from its
+            # id, so a tag moved meanwhile changes nothing)
+            notice(
+                logger,
+                _("task image", image=plan.image_label, id=facts.id[:12], digest=facts.digest),
+            )
+            spec, _ident = self.spec(plan, facts, logger, prepared.aliases)
+            return TaskRun(self.engine.containers.start(spec, logger), prepared, facts)
         except BaseException:
             prepared.close()
             raise
@@ -152,9 +162,12 @@ class TaskRun:
     """A task's running container, sampled for usage while the caller waits on it; a context
     manager (closing removes the container)."""
 
-    def __init__(self, container: Running, prepared: staging.Prepared) -> None:
+    def __init__(
+        self, container: Running, prepared: staging.Prepared, image: spec_mod.ImageFacts
+    ) -> None:
         self.container = container
         self.prepared = prepared
+        self.image = image  # what the container runs
         self._t0 = time.monotonic()
         self._pid = -1
         self._tracker = usage.UsageTracker()

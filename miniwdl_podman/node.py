@@ -101,6 +101,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             peak_rss=outcome.peak_rss,
             cpu_seconds=outcome.cpu_seconds,
             samples=outcome.samples,
+            image_id=task.image.id,
+            image_digest=task.image.digest,
         )
     except Terminated:
         result = protocol.Result(node=node, terminated=True)

@@ -28,7 +28,9 @@ from .identity import IdentityError
 from .plan import TaskPlan
 from .settings import Settings
 
-FORMAT = 2  # 2: error kinds are protocol names ("image-pull", ...), not class names
+# 2: error kinds are protocol names ("image-pull", ...), not class names; 3: a result names
+# the image the node ran (id and digest)
+FORMAT = 3
 FILES = ("json", "result", "started", "claim", "log")
 
 
@@ -207,6 +209,8 @@ class Result:
     terminated: bool = False
     error: str = ""  # a kind of ERROR_KINDS, or UNEXPECTED
     message: str = ""
+    image_id: str = ""  # the image the container ran (empty: none ran)
+    image_digest: str = ""
 
     def write(self, path: str) -> None:
         write_json_atomic(path, {"format": FORMAT, "package": __version__, **asdict(self)})

@@ -290,7 +290,8 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         result = protocol.read_result(files["result"])
         where = result.node if result is not None else ""
         notice(logger, _("slurm job ended", job_id=job_id, state=state, node=where,
-                         exit_code=result.exit_code if result else None))  # fmt: skip
+                         exit_code=result.exit_code if result else None,
+                         image_digest=result.image_digest if result else None))  # fmt: skip
         if result is not None:
             logger.info(_("slurm node helper result", **asdict(result)))
         killed = slurm_mod.classify(

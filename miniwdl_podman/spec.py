@@ -127,12 +127,13 @@ def build(
 @dataclass(frozen=True)
 class ImageFacts:
     """What a task's container needs to know about its image: its local id, the user it runs
-    as (resolved against the image's /etc/passwd when that matters) and whether that user's
-    home exists in it (None: not looked at)."""
+    as (resolved against the image's /etc/passwd when that matters), whether that user's home
+    exists in it (None: not looked at), and its digest."""
 
     id: str
     user: identity_mod.ImageUser
     home_exists: Optional[bool] = None
+    digest: str = ""  # the manifest digest, for the record (the container is made from ``id``)
 
 
 def resolve(

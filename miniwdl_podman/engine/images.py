@@ -39,10 +39,12 @@ INLINE_REPO = "localhost/miniwdl-inline"
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An image in the local store: its id and the user its config runs as."""
+    """An image in the local store: its id, the user its config runs as, and its manifest
+    digest (``sha256:...``; empty if the store does not know one)."""
 
     id: str
     user: str = ""
+    digest: str = ""
 
 
 class ImageProbe:
@@ -128,7 +130,9 @@ class Images:
         if not attrs.get("Id"):
             return None
         return ImageRef(
-            id=str(attrs["Id"]), user=str((attrs.get("Config") or {}).get("User") or "")
+            id=str(attrs["Id"]),
+            user=str((attrs.get("Config") or {}).get("User") or ""),
+            digest=str(attrs.get("Digest") or ""),
         )
 
     def smallest_local(self, logger: logging.Logger) -> Optional[ImageRef]:

@@ -314,6 +314,51 @@ def test_private_service_is_stopped_and_removed_after_run(
     assert service_processes(str(runtime_dir), wrappers=True) == []
 
 
+def test_a_tag_moved_mid_run_changes_nothing_for_the_runs_later_tasks(
+    miniwdl: Miniwdl, tmp_path: Path
+) -> None:
+    """Each task's log names the image it ran (id and digest); every task of a run runs the
+    image its tag named when the run first used it, even after the tag moved to another."""
+    tag = f"localhost/mwp-pin-{os.getpid()}:1"
+    other = "localhost/miniwdl-podman/busybox-bash-nobody:2"
+    podman("tag", BASE_IMAGE, tag)
+    inspect = ["image", "inspect", "--format", "{{.Id}} {{.Digest}}"]
+    base_id, base_digest = podman(*inspect, BASE_IMAGE).stdout.split()
+    assert podman(*inspect, other).stdout.split()[0] != base_id
+    wdl = """
+version 1.0
+workflow w {
+    input { String image }
+    scatter (i in range(3)) { call t { input: image = image } }
+}
+task t {
+    input { String image }
+    command <<< sleep 2 >>>
+    runtime { docker: image }
+}
+"""
+    try:
+        proc, run_dir = miniwdl.start(
+            wdl, f"image={tag}", env={"MINIWDL__SCHEDULER__TASK_CONCURRENCY": "1"}
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any(
+            "task image" in p.read_text() for p in run_dir.glob("*/call-t-*/task.log")
+        ):
+            time.sleep(0.1)
+        podman("tag", other, tag)  # the tag moves while the run goes on
+        _out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        found = {p.resolve() for p in run_dir.glob("*/call-t-*/task.log")}  # _LAST links too
+        logs = [p.read_text() for p in sorted(found)]
+        assert len(logs) == 3
+        for log in logs:
+            assert f'id: "{base_id[:12]}", digest: "{base_digest}"' in log, log
+        assert podman(*inspect, tag).stdout.split()[0] != base_id  # it did move
+    finally:
+        podman("untag", tag, tag, check=False)  # that name only, whichever image has it
+
+
 def _warm_env(runtime_dir: Path, idle: str = "600") -> Dict[str, str]:
     return {
         "MINIWDL__PODMAN_ROOTLESS__SERVICE": "private",

@@ -156,6 +156,13 @@ def test_scatter_runs_as_slurm_jobs_on_the_node_store(slurm: SlurmRun) -> None:
         ["podman", *STORE_ARGS, "image", "exists", PULL_IMAGE], capture_output=True
     )
     assert images.returncode == 0, "the image was not pulled into the node-local store"
+    # each task's log names the image its node ran, as the node's store knows it
+    digest = subprocess.run(
+        ["podman", *STORE_ARGS, "image", "inspect", "--format", "{{.Digest}}", PULL_IMAGE],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert digest.startswith("sha256:")
+    assert task_logs.count(f'image_digest: "{digest}"') == 5
 
 
 def test_names_with_every_byte_on_the_node(slurm: SlurmRun, tmp_path: Path) -> None:

@@ -333,8 +333,9 @@ def test_files_of_another_version_are_refused_naming_both(tmp_path: Any) -> None
     assert f"written by miniwdl_podman 9.9 (format {protocol.FORMAT + 1})" in _refusal(
         tmp_path, {**raw, **newer}
     )
-    protocol.Result(node="n", exit_code=0).write(files["result"])
-    assert protocol.read_result(files["result"]) == protocol.Result(node="n", exit_code=0)
+    ran = protocol.Result(node="n", exit_code=0, image_id="ab" * 32, image_digest="sha256:cd")
+    ran.write(files["result"])
+    assert protocol.read_result(files["result"]) == ran  # the image the node ran comes back
     (tmp_path / "r.result").write_text(json.dumps({"format": 1, "node": "n", "extra": 1}))
     with pytest.raises(protocol.ProtocolError):
         protocol.read_result(str(tmp_path / "r.result"))
