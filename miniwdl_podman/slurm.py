@@ -75,12 +75,20 @@ HOPELESS = frozenset(
 )  # fmt: skip
 
 
+def pending_reason(raw: str) -> str:
+    """Slurm's reason for a pending job; empty for its words for none (``None``: about to be
+    scheduled)."""
+    return "" if raw.strip() in ("", "None", "(null)") else raw.strip()
+
+
 def pending_verdict(
     job_id: str, reason: str, seconds_in_reason: float, pending_timeout: float
 ) -> Optional[str]:
     """Why a pending job's task should fail now (None: keep waiting): a reason Slurm never
     gets over, or one that lasted ``pending_timeout`` seconds (0: no limit)."""
     fix = f"{_CHECK_THE_ASK} (`scontrol show partition`)"
+    if not reason:
+        return None
     if reason in HOPELESS:
         return f"Slurm will never start the task's job {job_id} as asked (pending: {reason}); {fix}"
     if pending_timeout > 0 and seconds_in_reason >= pending_timeout:

@@ -250,8 +250,10 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         when Slurm will never start it, or it waited ``pending_timeout`` for one reason."""
         ss = self._slurm_settings
         assert ss is not None
+        reason = slurm_mod.pending_reason(reason)
         if reason != last[0]:
-            notice(logger, _("slurm job pending", job_id=job_id, reason=reason or "?"))
+            if reason:
+                notice(logger, _("slurm job pending", job_id=job_id, reason=reason))
             last = (reason, time.monotonic())
         verdict = slurm_mod.pending_verdict(
             job_id, reason, time.monotonic() - last[1], ss.pending_timeout

@@ -361,3 +361,11 @@ def test_pending_verdict_fails_hopeless_reasons_at_once_and_others_after_the_tim
     assert slurm.pending_verdict("7", "JobHeldUser", 59.0, 60.0) is None
     late = slurm.pending_verdict("7", "JobHeldUser", 61.0, 60.0)
     assert late is not None and "JobHeldUser" in late and "pending_timeout" in late
+    assert slurm.pending_verdict("7", "", 10**6, 60.0) is None  # no reason: about to start
+
+
+def test_slurms_words_for_no_reason_are_no_reason() -> None:
+    """'None' (about to be scheduled) and '(null)' are not reasons to log or to fail on."""
+    assert [slurm.pending_reason(r) for r in ("None", "(null)", " ", "Resources ")] == [
+        "", "", "", "Resources"
+    ]  # fmt: skip
