@@ -427,9 +427,6 @@ def facts_stamps(podman_exe: str, info: Mapping[str, Any]) -> List[Any]:
         if path:
             path = os.path.realpath(path)
             paths += [path, os.path.dirname(path)]
-    graph_root = str((info.get("store") or {}).get("graphRoot") or "")
-    if graph_root:
-        paths.append(graph_root)
     stamps: List[Any] = [
         read_text("/proc/sys/kernel/random/boot_id").strip(),
         read_text("/proc/self/cgroup"),
@@ -440,4 +437,13 @@ def facts_stamps(podman_exe: str, info: Mapping[str, Any]) -> List[Any]:
             stamps.append([path, st.st_ino, st.st_mtime_ns, st.st_size])
         except OSError:
             stamps.append([path, None])
+    # the store's root by identity only: its mtime moves with every service start from Podman
+    # 5 on (its SQLite database, with journal files that come and go, lives there)
+    graph_root = str((info.get("store") or {}).get("graphRoot") or "")
+    if graph_root:
+        try:
+            st = os.stat(graph_root)
+            stamps.append([graph_root, st.st_dev, st.st_ino])
+        except OSError:
+            stamps.append([graph_root, None])
     return stamps
