@@ -1,5 +1,6 @@
-"""The ``miniwdl-podman`` command: ``doctor`` (checks and ``--fix``), and ``node-run`` (the
-Slurm backend's node helper, started by each task's job)."""
+"""The ``miniwdl-podman`` command: ``doctor`` (checks and ``--fix``), ``pull`` (get every image a
+workflow may use, up front), and ``node-run`` (the Slurm backend's node helper, started by each
+task's job)."""
 
 from __future__ import annotations
 
@@ -62,15 +63,41 @@ def doctor_main(argv: Optional[List[str]] = None) -> int:
     return 1 if failed else 0
 
 
+def pull_main(argv: Optional[List[str]] = None) -> int:
+    """``miniwdl-podman pull WORKFLOW.wdl [NAME=VALUE ...] [-i INPUTS.json] [--task T]
+    [--cfg FILE]``: every image the workflow may use, each got once, ``name → digest``; exit 1
+    naming every image that cannot be had."""
+    parser = argparse.ArgumentParser(
+        prog="miniwdl-podman pull",
+        description="Get every container image a WDL workflow may use into your Podman store"
+        " now (each once), so that no task of the run waits for or fails on a pull; inputs as"
+        " for `miniwdl run`. Images that depend on what only the run knows are listed.",
+    )
+    parser.add_argument("wdl", help="the WDL document (workflow or task)")
+    parser.add_argument("inputs", nargs="*", help="inputs as NAME=VALUE, as for `miniwdl run`")
+    parser.add_argument("-i", "--input", dest="input_file", help="inputs JSON file")
+    parser.add_argument("--task", help="the task to use, for a document of several tasks")
+    parser.add_argument("--cfg", help="miniwdl configuration file (default: as `miniwdl run`)")
+    args = parser.parse_args(argv)
+    from . import pull
+
+    return pull.run(args.wdl, args.inputs, args.input_file, args.task, args.cfg)
+
+
+USAGE = """usage: miniwdl-podman doctor [--fix] [--json] [--image IMAGE] [--node]
+       miniwdl-podman pull WORKFLOW.wdl [NAME=VALUE ...] [-i INPUTS.json] [--task T] [--cfg FILE]"""
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """``miniwdl-podman SUBCOMMAND``: ``doctor``, or ``node-run``."""
+    """``miniwdl-podman SUBCOMMAND``: ``doctor``, ``pull``, or ``node-run``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "node-run":
         from . import node
 
         return node.main(argv[1:])
+    if argv and argv[0] == "pull":
+        return pull_main(argv[1:])
     if not argv or argv[0] in ("-h", "--help") or argv[0] != "doctor":
-        print("usage: miniwdl-podman doctor [--fix] [--json] [--image IMAGE] [--node]",
-              file=sys.stderr)  # fmt: skip
+        print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     return doctor_main(argv[1:])
