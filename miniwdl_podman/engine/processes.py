@@ -48,8 +48,14 @@ def unusable_runtime_dir(environ: Mapping[str, str]) -> Optional[str]:
 # directories and files Podman reads from the environment; one that is set but names nothing
 # usable (a login node's, exported to a compute node by sbatch; a stale one after su) breaks it
 _DIR_VARS = ("TMPDIR", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "HOME")
-# what else Podman reads that makes two services differ (beside CONTAINERS_*)
-_PODMAN_READS = (*_DIR_VARS, "XDG_RUNTIME_DIR", "CONTAINER_HOST", "STORAGE_DRIVER", "STORAGE_OPTS")
+# what else Podman reads that makes two services differ (beside CONTAINERS_*): a warm service
+# keeps what it read at its start, so a run with other registry credentials, proxies or CA
+# certificates must not reuse one started without them
+_PODMAN_READS = (
+    *_DIR_VARS, "XDG_RUNTIME_DIR", "CONTAINER_HOST", "STORAGE_DRIVER", "STORAGE_OPTS",
+    "REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "BUILDAH_ISOLATION", "SSL_CERT_FILE", "SSL_CERT_DIR",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+)  # fmt: skip
 _FILE_VARS = (
     "CONTAINERS_CONF",
     "CONTAINERS_STORAGE_CONF",

@@ -450,8 +450,9 @@ def test_concurrent_runs_start_one_warm_service(miniwdl: Miniwdl, short_dir: Pat
 def test_options_that_differ_get_their_own_warm_service(
     miniwdl: Miniwdl, short_dir: Path, tmp_path: Path
 ) -> None:
-    """A run with other global podman options (service_args), or after Podman's configuration
-    changed (as `doctor --fix` changes it), never reuses a service started before."""
+    """A run with other global podman options (service_args), after Podman's configuration
+    changed (as `doctor --fix` changes it), or with other registry credentials
+    (REGISTRY_AUTH_FILE), never reuses a service started before."""
     xdg = tmp_path / "xdg-config"
     shutil.copytree(Path.home() / ".config" / "containers", xdg / "containers")
     env = {**_warm_env(short_dir), "XDG_CONFIG_HOME": str(xdg)}
@@ -467,6 +468,13 @@ def test_options_that_differ_get_their_own_warm_service(
     assert res.returncode == 0, res.stderr[-3000:]
     assert 'source: "private service (warm)"' in res.log()
     assert len(service_processes(str(short_dir))) == 3
+    # other registry credentials: the service reads them at its start, so not this one
+    auth = tmp_path / "auth.json"
+    auth.write_text('{"auths": {}}')
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env={**env, "REGISTRY_AUTH_FILE": str(auth)})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert 'source: "private service (warm)"' in res.log()
+    assert len(service_processes(str(short_dir))) == 4
 
 
 def test_after_a_sigkilled_run_the_next_reuses_the_service_and_reaps(

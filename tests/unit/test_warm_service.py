@@ -9,6 +9,8 @@ import signal
 import tempfile
 from pathlib import Path
 
+import pytest
+
 from miniwdl_podman.engine import services
 
 # stands in for `podman ... system service --time=N unix://PATH`: makes the socket file, idles
@@ -92,3 +94,20 @@ def test_facts_stamps_change_with_what_info_depends_on(tmp_path: Path) -> None:
     graph.rename(keep / "graph")  # keep its inode busy: a new directory gets another
     graph.mkdir()
     assert services.facts_stamps(exe, info) != now
+
+
+def test_registry_credentials_and_proxies_make_another_service(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with another REGISTRY_AUTH_FILE, DOCKER_CONFIG or proxy never reuses a warm
+    service started without it (the service keeps what it read at its start)."""
+    exe = _fake_podman(tmp_path)
+    for var in ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    plain = services.service_key(exe, [], 600)
+    for var, value in (("REGISTRY_AUTH_FILE", "/shared/auth.json"), ("DOCKER_CONFIG", "/d"),
+                       ("HTTPS_PROXY", "http://proxy:3128")):  # fmt: skip
+        monkeypatch.setenv(var, value)
+        assert services.service_key(exe, [], 600) != plain, var
+        monkeypatch.delenv(var)
+    assert services.service_key(exe, [], 600) == plain
