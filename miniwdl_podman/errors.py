@@ -92,6 +92,13 @@ _HINTS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
         " then run `podman system migrate`",
     ),
     (
+        ("unauthorized", "authentication required", "requested access to the resource is denied"),
+        "the registry wants credentials: `podman login REGISTRY` (they go to"
+        " $XDG_RUNTIME_DIR/containers/auth.json, this host's only), or `podman login --authfile"
+        " FILE REGISTRY` and `export REGISTRY_AUTH_FILE=FILE` before `miniwdl run`; with"
+        " podman_rootless_slurm, FILE must be on a file system the compute nodes share",
+    ),
+    (
         ("no space left on device",),
         "Podman's storage is full: free space with `podman system prune` (or `podman image"
         " prune -a`), or move it to a bigger disk (graphroot in"

@@ -9,7 +9,11 @@ is, without any registry being contacted.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
+from typing import Any, Dict, Mapping
 
 from .errors import ConfigError
 
@@ -59,3 +63,30 @@ def qualify(image: str) -> str:
     if not m.group("tag") and not m.group("digest"):
         ans += ":latest"
     return ans
+
+
+def registry_credentials(auth_file: Mapping[str, Any]) -> Dict[str, Dict[str, str]]:
+    """The credentials in a containers-auth.json(5) document (``podman login --authfile``'s):
+    registry → username and password, from each entry's ``auth`` (base64 of ``user:password``)
+    or its ``username``/``password``. Entries without either (credential helpers, identity
+    tokens) are left out."""
+    ans: Dict[str, Dict[str, str]] = {}
+    for registry, entry in (auth_file.get("auths") or {}).items():
+        if not isinstance(entry, dict):
+            continue
+        user, password = str(entry.get("username") or ""), str(entry.get("password") or "")
+        if entry.get("auth"):
+            try:
+                user, _, password = base64.b64decode(str(entry["auth"])).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError, ValueError):
+                continue
+        if user and password:
+            ans[str(registry)] = {"username": user, "password": password}
+    return ans
+
+
+def registry_config_header(credentials: Mapping[str, Mapping[str, str]]) -> str:
+    """Podman's ``X-Registry-Config`` header for these credentials (base64url of their JSON,
+    as podman-remote sends it): an API service uses them for the request, whatever auth file
+    it would read itself."""
+    return base64.urlsafe_b64encode(json.dumps(dict(credentials)).encode()).decode()

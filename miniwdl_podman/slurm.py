@@ -644,6 +644,17 @@ class JobWatcher:
                         self._missing[job_id] = self._missing.get(job_id, 0) + 1
 
 
+def login_only_credentials(environ: Mapping[str, str]) -> Optional[str]:
+    """Registry credentials that compute nodes will not see: no ``REGISTRY_AUTH_FILE``, and
+    ``podman login``'s default file, under ``$XDG_RUNTIME_DIR`` (a per-host tmpfs), holds some.
+    Their path, or None."""
+    if environ.get("REGISTRY_AUTH_FILE"):
+        return None
+    xdg = environ.get("XDG_RUNTIME_DIR")
+    path = os.path.join(xdg, "containers", "auth.json") if xdg else ""
+    return path if path and os.path.isfile(path) and os.path.getsize(path) > 0 else None
+
+
 def node_command(python: str, job_file: str) -> List[str]:
     """What the job runs on the compute node."""
     return [python or sys.executable, "-m", "miniwdl_podman", "node-run", job_file]

@@ -54,6 +54,17 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
         super().global_init(cfg, logger)
+        login_only = slurm_mod.login_only_credentials(os.environ)
+        if login_only:
+            logger.warning(
+                _(
+                    "your registry credentials are in this login node's runtime dir, which"
+                    " compute nodes do not see: their pulls go without them. Put them on the"
+                    " shared file system: `podman login --authfile FILE REGISTRY` and `export"
+                    " REGISTRY_AUTH_FILE=FILE` before `miniwdl run`",
+                    credentials=login_only,
+                )
+            )
         with cls._remembering_init_error():
             slurm_settings = settings_mod.load_slurm(cfg)
             slurm = slurm_mod.Slurm(slurm_settings)

@@ -5,6 +5,10 @@ TB_USER=${MINIWDL_PODMAN_TEST_USER:-mwpodtest}
 TB_NOSUB_USER=${MINIWDL_PODMAN_TEST_NOSUB_USER:-mwpodnosub}
 export MINIWDL_PODMAN_TEST_USER_PRIMARY=$TB_USER
 TB_REGISTRY=${MINIWDL_PODMAN_TEST_REGISTRY:-127.0.0.1:5000}
+# a second loopback registry that wants credentials (htpasswd), for the private-registry tests;
+# the test credentials are tests/live/conftest.py's too
+TB_PRIVATE_REGISTRY=127.0.0.1:5002
+TB_PRIVATE_CREDS=mwp-test:mwp-test-secret
 TB_BASE_IMAGE=localhost/miniwdl-podman/busybox-bash:2
 TB_NOBODY_IMAGE=localhost/miniwdl-podman/busybox-bash-nobody:2
 

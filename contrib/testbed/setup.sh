@@ -89,6 +89,11 @@ insecure = true
 [[registry]]
 location = "127.0.0.1:5001"
 insecure = true
+
+# the private registry (wants credentials)
+[[registry]]
+location = "$TB_PRIVATE_REGISTRY"
+insecure = true
 CONF
 chown "$TB_USER:$TB_USER" "$cfg"/*.conf "$cfg"/registries.conf.d/*.conf
 driver=$(tb_as_user podman info --format '{{.Store.GraphDriverName}}' 2>/dev/null || true)
@@ -122,6 +127,10 @@ if [ $minimal = 0 ]; then
     # for the Slurm tests, whose compute node store (node-local, empty at first) pulls
     tb_as_user podman push -q --tls-verify=false localhost/miniwdl-podman/user-app:2 \
         "docker://$TB_REGISTRY/miniwdl-podman-test/user-app:2" >/dev/null
+    # the private registry's image (credentials given here only: the user's auth file is not
+    # touched, so the tests decide which credentials a run has)
+    tb_as_user podman push -q --tls-verify=false --creds "$TB_PRIVATE_CREDS" "$TB_BASE_IMAGE" \
+        "docker://$TB_PRIVATE_REGISTRY/miniwdl-podman-test/private:2" >/dev/null
 fi
 
 # 8. a second user with NO subordinate uid/gid range (like many LDAP users on HPC), for the

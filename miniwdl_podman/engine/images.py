@@ -14,10 +14,11 @@ import hashlib
 import io
 import json
 import logging
+import os
 import tarfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Iterator, List, Optional
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
 
 from podman import PodmanClient
 from podman.errors import APIError, BuildError, NotFound
@@ -188,6 +189,33 @@ class Images:
                 image, f"cannot look up container image {image}: {_explain(exn)}"
             ) from None
 
+    @staticmethod
+    def _credentials(logger: logging.Logger) -> Dict[str, str]:
+        """The credentials of ``REGISTRY_AUTH_FILE``, as a request header: an API service reads
+        only the default auth files itself (``$XDG_RUNTIME_DIR/containers/auth.json``,
+        ``~/.config/containers/auth.json``, ``~/.docker/config.json``), as podman-remote's
+        clients know; the variable is the CLI's."""
+        path = os.environ.get("REGISTRY_AUTH_FILE")
+        if not path:
+            return {}
+        try:
+            with open(path) as f:
+                found = references.registry_credentials(json.load(f))
+        except (OSError, ValueError, AttributeError) as exn:
+            logger.warning(
+                _(
+                    "REGISTRY_AUTH_FILE cannot be read; pulling without its credentials (make"
+                    " it with `podman login --authfile FILE REGISTRY`)",
+                    REGISTRY_AUTH_FILE=path,
+                    error=str(exn),
+                )
+            )
+            return {}
+        if not found:
+            return {}
+        logger.info(_("registry credentials from REGISTRY_AUTH_FILE", registries=sorted(found)))
+        return {"X-Registry-Config": references.registry_config_header(found)}
+
     def _pull(self, image: str, logger: logging.Logger) -> str:
         ref = references.qualify(image)
         logger.info(_("pulling image", image=image, reference=ref))
@@ -197,6 +225,7 @@ class Images:
         resp = self.conn.client.api.post(
             "/images/pull",
             params={"reference": ref, "policy": "always", "quiet": False},
+            headers=self._credentials(logger),
             stream=True,
             timeout=_UNBOUNDED,
         )

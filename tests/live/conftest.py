@@ -24,6 +24,20 @@ BASE_IMAGE = "localhost/miniwdl-podman/busybox-bash:2"
 OFFLINE_IMAGE = "127.0.0.1:5999/miniwdl-podman-test/offline:2"
 REGISTRY = os.environ.get("MINIWDL_PODMAN_TEST_REGISTRY", "127.0.0.1:5000")
 PULL_IMAGE = f"{REGISTRY}/miniwdl-podman-test/pullme:2"
+# the test bed's registry that wants credentials (contrib/testbed/lib.sh, registry.sh)
+PRIVATE_REGISTRY = "127.0.0.1:5002"
+PRIVATE_IMAGE = f"{PRIVATE_REGISTRY}/miniwdl-podman-test/private:2"
+PRIVATE_USER, PRIVATE_PASSWORD = "mwp-test", "mwp-test-secret"
+
+
+def private_auth_file(path: Path) -> Path:
+    """An auth file at ``path`` with the private registry's credentials (``podman login
+    --authfile``, as a user would make one)."""
+    podman("login", "--authfile", str(path), "--tls-verify=false", "-u", PRIVATE_USER,
+           "-p", PRIVATE_PASSWORD, PRIVATE_REGISTRY)  # fmt: skip
+    return path
+
+
 LABEL_TASK_DIR = "io.github.miniwdl-podman.task_dir"
 # a scatter of n tasks each echoing its index: outputs w.got == list(range(n))
 INDEXED_SCATTER_WDL = """

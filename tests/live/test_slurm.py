@@ -21,12 +21,14 @@ from miniwdl_podman import slurm as slurm_mod
 
 from .conftest import (
     INDEXED_SCATTER_WDL,
+    PRIVATE_IMAGE,
     PULL_IMAGE,
     REGISTRY,
     Miniwdl,
     RunResult,
     containers_under,
     foreign_owned,
+    private_auth_file,
     snapshot,
 )
 from .test_doctor_hpc import FOREIGN_XDG
@@ -757,6 +759,41 @@ def test_a_job_slurm_will_never_start_fails_at_once(slurm: SlurmRun) -> None:
     line = res.clean_failure_line()
     assert "Slurm will never start the task's job" in line and "PartitionTimeLimit" in line
     assert "time_minutes" in line and "scontrol show partition" in line
+
+
+def test_a_private_image_pulls_on_the_node_with_a_shared_auth_file(
+    slurm: SlurmRun, tmp_path: Path
+) -> None:
+    """REGISTRY_AUTH_FILE naming a file on the shared file system reaches the node helper's
+    Podman (sbatch exports it): the node pulls the private image into its own store."""
+    subprocess.run(["podman", *STORE_ARGS, "rmi", "--force", PRIVATE_IMAGE], capture_output=True)
+    auth = private_auth_file(tmp_path / "auth.json")  # tmp_path: shared with the node here
+    res = slurm.run(
+        INDEXED_SCATTER_WDL, "n=1", f"image={PRIVATE_IMAGE}",
+        env={"REGISTRY_AUTH_FILE": str(auth)},
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    exists = subprocess.run(["podman", *STORE_ARGS, "image", "exists", PRIVATE_IMAGE])
+    assert exists.returncode == 0, "the node did not pull the private image into its store"
+
+
+def test_credentials_only_in_the_login_nodes_runtime_dir_are_warned_of(
+    slurm: SlurmRun, tmp_path: Path
+) -> None:
+    """`podman login`'s default file is in $XDG_RUNTIME_DIR, a per-host tmpfs: with it and no
+    REGISTRY_AUTH_FILE, the run warns that compute nodes will pull without them, naming the
+    fix (the run stops at once here: no sbatch, so no job reads this test's runtime dir)."""
+    xdg = tmp_path / "xdg"
+    (xdg / "containers").mkdir(parents=True)
+    xdg.chmod(0o700)
+    private_auth_file(xdg / "containers" / "auth.json")
+    env = {"XDG_RUNTIME_DIR": str(xdg), "MINIWDL__PODMAN_ROOTLESS_SLURM__SBATCH": "/nonexistent"}
+    res = slurm.run(INDEXED_SCATTER_WDL, "n=1", f"image={PRIVATE_IMAGE}", env=env)
+    assert res.returncode != 0
+    assert "registry credentials are in this login node's runtime dir" in res.stderr
+    assert (
+        "REGISTRY_AUTH_FILE" in res.stderr and str(xdg / "containers" / "auth.json") in res.stderr
+    )
 
 
 def test_node_without_the_helper_fails_clearly(slurm: SlurmRun) -> None:

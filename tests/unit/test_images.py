@@ -44,3 +44,29 @@ def test_has_registry() -> None:
     assert images.has_registry("host:5000/x")
     assert not images.has_registry("library/ubuntu")
     assert not images.has_registry("ubuntu:22.04")
+
+
+def test_registry_credentials_are_read_from_an_auth_file_as_podman_login_writes_it() -> None:
+    """``auth`` (base64 of user:password) and username/password entries are read; entries a
+    credential helper or an identity token serve are left out; the header is base64url JSON."""
+    import base64
+    import json
+
+    doc = {
+        "auths": {
+            "reg.example:5002": {"auth": base64.b64encode(b"alice:s3cr:et").decode()},
+            "other.example/team": {"username": "bob", "password": "pw"},
+            "helper.example": {},
+            "token.example": {"identitytoken": "abc"},
+            "broken.example": {"auth": "!!!"},
+        },
+        "credHelpers": {"helper.example": "secretservice"},
+    }
+    found = images.registry_credentials(doc)
+    assert found == {
+        "reg.example:5002": {"username": "alice", "password": "s3cr:et"},
+        "other.example/team": {"username": "bob", "password": "pw"},
+    }
+    header = images.registry_config_header(found)
+    assert json.loads(base64.urlsafe_b64decode(header)) == found
+    assert images.registry_credentials({}) == {}
