@@ -54,7 +54,7 @@ def run(
         return 2
     defaults: Dict[str, object] = cfg.get_dict("task_runtime", "defaults")
     uses = workflow_images.find(
-        target, input_env, str(defaults.get("docker", plan_mod.DEFAULT_IMAGE)), defaults
+        target, input_env, str(defaults.get("docker", plan_mod.DEFAULT_IMAGE))
     )
     images = sorted({u.image for u in uses if u.image})
     dockerfiles = {u.dockerfile: u.where for u in uses if u.dockerfile}

@@ -14,7 +14,7 @@ when an expression asks for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, List, Optional, Sequence, Union
 
 from WDL import Env, Expr, StdLib, Tree, Type, Value
 
@@ -30,33 +30,35 @@ class ImageUse:
 
 
 def find(
-    target: Union[Tree.Workflow, Tree.Task],
-    inputs: Env.Bindings[Value.Base],
-    default_image: str,
-    runtime_defaults: Optional[Mapping[str, Any]] = None,
+    target: Union[Tree.Workflow, Tree.Task], inputs: Env.Bindings[Value.Base], default_image: str
 ) -> List[ImageUse]:
-    """The images ``target`` may use, given its ``inputs`` (as ``miniwdl run`` parses them)
-    and ``[task_runtime] defaults``."""
-    defaults = dict(runtime_defaults or {})
+    """The images ``target`` may use, given its ``inputs`` (as ``miniwdl run`` parses them);
+    ``default_image``: a task's without one (``[task_runtime] defaults``' docker, else
+    miniwdl's)."""
     if isinstance(target, Tree.Task):
-        return [_task_image(target, inputs, f"task {target.name}", default_image, defaults)]
-    return list(_workflow(target, inputs, target.name, default_image, defaults))
+        return [_task_image(target, inputs, f"task {target.name}", default_image)]
+    return list(_workflow(target, inputs, target.name, default_image))
 
 
-def _workflow(
-    wf: Tree.Workflow,
-    given: Env.Bindings[Value.Base],
-    prefix: str,
-    default_image: str,
-    defaults: Mapping[str, Any],
-) -> Iterator[ImageUse]:
-    stdlib = StdLib.Base(wf.effective_wdl_version)
+def _known(
+    decls: Sequence[Tree.Decl], given: Env.Bindings[Value.Base], stdlib: StdLib.Base
+) -> Env.Bindings[Value.Base]:
+    """The declarations' values that can be known before the run: given, or their default
+    computable from what is known before them."""
     env: Env.Bindings[Value.Base] = Env.Bindings()
-    for decl in wf.inputs or []:
+    for decl in decls:
         value = given.get(decl.name) if decl.name in given else _eval(decl.expr, env, stdlib)
         if value is not None:
             env = env.bind(decl.name, _coerce(value, decl.type))
-    yield from _body(wf.body, env, given, prefix, stdlib, default_image, defaults)
+    return env
+
+
+def _workflow(
+    wf: Tree.Workflow, given: Env.Bindings[Value.Base], prefix: str, default_image: str
+) -> Iterator[ImageUse]:
+    stdlib = StdLib.Base(wf.effective_wdl_version)
+    env = _known(wf.inputs or [], given, stdlib)
+    yield from _body(wf.body, env, given, prefix, stdlib, default_image)
 
 
 def _body(
@@ -66,7 +68,6 @@ def _body(
     prefix: str,
     stdlib: StdLib.Base,
     default_image: str,
-    defaults: Mapping[str, Any],
 ) -> Iterator[ImageUse]:
     for node in body:
         if isinstance(node, Tree.Decl):
@@ -86,30 +87,20 @@ def _body(
             callee = node.callee
             if isinstance(callee, Tree.Task):
                 where += f" (task {callee.name})"
-                yield _task_image(callee, call_env, where, default_image, defaults)
+                yield _task_image(callee, call_env, where, default_image)
             elif isinstance(callee, Tree.Workflow):
-                yield from _workflow(
-                    callee, call_env, f"{prefix}.{node.name}", default_image, defaults
-                )
+                yield from _workflow(callee, call_env, f"{prefix}.{node.name}", default_image)
         elif isinstance(node, Tree.WorkflowSection):
             # a scatter's element and a conditional's outcome are known only at run time:
             # what depends on them is reported as such
-            yield from _body(node.body, env, given, prefix, stdlib, default_image, defaults)
+            yield from _body(node.body, env, given, prefix, stdlib, default_image)
 
 
 def _task_image(
-    task: Tree.Task,
-    given: Env.Bindings[Value.Base],
-    where: str,
-    default_image: str,
-    defaults: Mapping[str, Any],
+    task: Tree.Task, given: Env.Bindings[Value.Base], where: str, default_image: str
 ) -> ImageUse:
     stdlib = StdLib.Base(task.effective_wdl_version)
-    env: Env.Bindings[Value.Base] = Env.Bindings()
-    for decl in list(task.inputs or []) + list(task.postinputs):
-        known = given.get(decl.name) if decl.name in given else _eval(decl.expr, env, stdlib)
-        if known is not None:
-            env = env.bind(decl.name, _coerce(known, decl.type))
+    env = _known(list(task.inputs or []) + list(task.postinputs), given, stdlib)
     overrides = {b.name: b.value for b in given.enter_namespace("runtime")}
     for key in ("inlineDockerfile", "container", "docker"):
         value: Optional[Value.Base] = None
@@ -130,8 +121,7 @@ def _task_image(
         if key == "inlineDockerfile":
             return ImageUse(where, dockerfile=_lines(value))
         return ImageUse(where, image=_first(value))
-    default = defaults.get("docker", default_image)
-    return ImageUse(where, image=str(default))
+    return ImageUse(where, image=default_image)
 
 
 def _identifiers(expr: Expr.Base) -> Iterator[str]:

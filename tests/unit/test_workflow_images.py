@@ -67,19 +67,19 @@ task u {
 """
 
 
-def _find(tmp_path: Path, inputs: List[str], defaults: Dict[str, Any]) -> Dict[str, Any]:
+def _find(tmp_path: Path, inputs: List[str], default_image: str) -> Dict[str, Any]:
     (tmp_path / "main.wdl").write_text(MAIN)
     (tmp_path / "sub.wdl").write_text(SUB)
     doc = WDL.load(str(tmp_path / "main.wdl"))
     target, env, _json = CLI.runner_input(doc, inputs, None, [], [], check_required=False)
-    uses = workflow_images.find(target, env, "ubuntu:22.04", defaults)
+    uses = workflow_images.find(target, env, default_image)
     return {u.where: u for u in uses}
 
 
 def test_images_are_found_as_miniwdl_would_decide_them(tmp_path: Path) -> None:
     """Given inputs, defaults, computed call inputs, a container list (its first), the
     [task_runtime] default, an inline Dockerfile and a sub-workflow's task are all found."""
-    found = _find(tmp_path, ["image=registry.example/given:1"], {"docker": "site/default:3"})
+    found = _find(tmp_path, ["image=registry.example/given:1"], "site/default:3")
     assert found["call w.given (task t)"].image == "registry.example/given:1"
     assert found["call w.defaulted (task t)"].image == "registry.example/other:2"
     assert found["call w.computed (task t)"].image == "registry.example/made:2"
@@ -92,8 +92,8 @@ def test_images_are_found_as_miniwdl_would_decide_them(tmp_path: Path) -> None:
 
 def test_an_image_only_the_run_can_know_is_reported_not_guessed(tmp_path: Path) -> None:
     """A scatter element's image, and one whose input was not given, come back as unknown with
-    the reason; without [task_runtime] defaults, miniwdl's own default image is used."""
-    found = _find(tmp_path, ["other=registry.example/o:9"], {})
+    the reason; a task without an image gets the default image given."""
+    found = _find(tmp_path, ["other=registry.example/o:9"], "ubuntu:22.04")
     per_tag = found["call w.per_tag (task t)"]
     assert per_tag.image == "" and "known only at run time" in per_tag.unknown
     assert "(it depends on image)" in per_tag.unknown
@@ -107,7 +107,7 @@ def test_a_runtime_override_among_the_inputs_wins(tmp_path: Path) -> None:
     found = _find(
         tmp_path,
         ["image=registry.example/given:1", "given.runtime.docker=registry.example/over:1"],
-        {},
+        "ubuntu:22.04",
     )
     assert found["call w.given (task t)"].image == "registry.example/over:1"
     assert found["call w.defaulted (task t)"].image == "registry.example/other:2"
