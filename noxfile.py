@@ -1,7 +1,8 @@
-"""nox sessions: lint, typecheck, unit, tests (live, as yourself), rootless (as root: test bed),
-bench (the benchmark of docs/benchmarks.md).
+"""nox sessions: lint, typecheck, unit, package (the built wheel, tested), tests (live, as
+yourself), rootless (as root: test bed), bench (the benchmark of docs/benchmarks.md).
 
-``nox -s lint typecheck rootless`` as root on a fresh Debian 12 machine is the full CI run: it
+``nox -s lint typecheck package rootless rootless_podman5 rootless_podman6`` as root on a fresh
+Debian 12 machine is the full CI run (``.ci/run``): it
 prepares an unprivileged user with rootless Podman (contrib/testbed/setup.sh) and runs the whole
 test suite as that user, failing (never skipping) if rootless Podman cannot run.
 """
@@ -48,6 +49,49 @@ def tests(session: nox.Session) -> None:
         session.error("run as an unprivileged user with rootless Podman, or use `nox -s rootless`")
     session.install("-e", ".[test]")
     session.run("pytest", "--fail-on-skip", "tests", *session.posargs)  # not single_uid
+
+
+@nox.session(python=PYTHON)
+def package(session: nox.Session) -> None:
+    """Build the sdist and wheel, check them with twine, install the wheel into a clean venv and
+    run the unit tests and `miniwdl-podman --version` against it (a file missing from the wheel
+    fails here)."""
+    import shutil
+    import tempfile
+
+    session.install("build", "twine")
+    dist = tempfile.mkdtemp(prefix="miniwdl-podman-dist-")
+    session.run("python", "-m", "build", "--outdir", dist)
+    wheels = [f for f in os.listdir(dist) if f.endswith(".whl")]
+    sdists = [f for f in os.listdir(dist) if f.endswith(".tar.gz")]
+    if len(wheels) != 1 or len(sdists) != 1:
+        session.error(f"expected one wheel and one sdist in {dist}: {os.listdir(dist)}")
+    session.run("twine", "check", "--strict", *(os.path.join(dist, f) for f in wheels + sdists))
+    work = tempfile.mkdtemp(prefix="miniwdl-podman-wheel-")
+    venv = os.path.join(work, "venv")
+    # virtualenv (nox's own dependency): Debian's python3 has no ensurepip without python3-venv
+    session.run(sys.executable, "-m", "virtualenv", "-q", venv, external=True)
+    py = os.path.join(venv, "bin", "python")
+    session.run(py, "-m", "pip", "install", "-q", os.path.join(dist, wheels[0]), "pytest",
+                external=True)  # fmt: skip
+    version = session.run(
+        py, "-c", "import miniwdl_podman; print(miniwdl_podman.__version__)",
+        external=True, silent=True,
+    )  # fmt: skip
+    out = session.run(os.path.join(venv, "bin", "miniwdl-podman"), "--version",
+                      external=True, silent=True)  # fmt: skip
+    if not isinstance(out, str) or out.strip() != f"miniwdl-podman {str(version).strip()}":
+        session.error(f"miniwdl-podman --version said {out!r}, the package is {version!r}")
+    # the unit tests, away from this checkout (so they import the installed wheel), with the
+    # files they read beside them
+    for name in ("tests", "contrib"):
+        shutil.copytree(name, os.path.join(work, name))
+    shutil.copy("pyproject.toml", work)
+    session.chdir(work)
+    session.run(py, "-m", "pytest", "-p", "no:cacheprovider", "tests/unit", external=True)
+    session.run(py, "-c", "import miniwdl_podman, sys; sys.exit('miniwdl_podman' not in"
+                " miniwdl_podman.__file__ or 'site-packages' not in miniwdl_podman.__file__)",
+                external=True)  # fmt: skip
 
 
 @nox.session(python=False)

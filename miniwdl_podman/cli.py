@@ -85,11 +85,12 @@ def pull_main(argv: Optional[List[str]] = None) -> int:
 
 
 USAGE = """usage: miniwdl-podman doctor [--fix] [--json] [--image IMAGE] [--node]
-       miniwdl-podman pull WORKFLOW.wdl [NAME=VALUE ...] [-i INPUTS.json] [--task T] [--cfg FILE]"""
+       miniwdl-podman pull WORKFLOW.wdl [NAME=VALUE ...] [-i INPUTS.json] [--task T] [--cfg FILE]
+       miniwdl-podman --version"""
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``miniwdl-podman SUBCOMMAND``: ``doctor``, ``pull``, or ``node-run``."""
+    """``miniwdl-podman SUBCOMMAND``: ``doctor``, ``pull``, ``node-run``, or ``--version``."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "node-run":
         from . import node
@@ -97,6 +98,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return node.main(argv[1:])
     if argv and argv[0] == "pull":
         return pull_main(argv[1:])
+    if argv and argv[0] in ("--version", "version"):
+        from . import __version__
+
+        print(f"miniwdl-podman {__version__}")
+        return 0
     if not argv or argv[0] in ("-h", "--help") or argv[0] != "doctor":
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2

@@ -4,6 +4,7 @@ Slurm cluster, in rootless Podman on the node's own store, and Slurm's faults.""
 from __future__ import annotations
 
 import getpass
+import itertools
 import json
 import os
 import re
@@ -72,7 +73,11 @@ def _squeue(*args: str) -> List[Dict[str, str]]:
         capture_output=True, text=True, check=True, timeout=60,
     ).stdout  # fmt: skip
     keys = ("id", "name", "state", "comment")
-    return [dict(zip(keys, line.split("|", 3))) for line in out.splitlines() if line.strip()]
+    return [
+        dict(zip(keys, line.split("|", 3), strict=False))
+        for line in out.splitlines()
+        if line.strip()
+    ]
 
 
 def _wait_for(cond: Callable[[], bool], timeout: float = 90, what: str = "") -> None:
@@ -728,7 +733,7 @@ def test_a_held_job_shows_its_pending_reason_and_runs_once_released(slurm: Slurm
     # once per change (the held job was seen pending for several rounds); Slurm's "None"
     # between release and start is no reason
     assert reasons[0] == "JobHeldUser" and "None" not in reasons, log
-    assert all(a != b for a, b in zip(reasons, reasons[1:])), log
+    assert all(a != b for a, b in itertools.pairwise(reasons)), log
     assert "slurm job running" in log
 
 
