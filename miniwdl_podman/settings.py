@@ -149,13 +149,19 @@ def _seconds_or_zero(name: str, value: str, section: str = SECTION) -> float:
     return seconds_
 
 
+# every spelling miniwdl's own Loader.get_bool takes (and on/off), so a value that works in
+# [scheduler] works here
+_TRUE = ("true", "t", "yes", "y", "1", "on")
+_FALSE = ("false", "f", "no", "n", "0", "off")
+
+
 def _bool(name: str, value: str) -> bool:
     v = value.strip().lower()
-    if v in ("true", "1", "yes", "on"):
+    if v in _TRUE:
         return True
-    if v in ("false", "0", "no", "off"):
+    if v in _FALSE:
         return False
-    raise _invalid(name, value, "expected true or false")
+    raise _invalid(name, value, "expected true or false (or yes/no, 1/0, t/f, y/n, on/off)")
 
 
 def _count(name: str, value: str, section: str = SECTION) -> int:
@@ -171,6 +177,10 @@ def _duration(name: str, value: str) -> str:
 
 
 def _str_list(name: str, value: str) -> Tuple[str, ...]:
+    """A JSON list of strings; as miniwdl's Loader.get_list, a value that does not start with
+    ``[`` is a list of that one value (empty: no value)."""
+    if value and not value.startswith("["):
+        return (value,)
     try:
         parsed = json.loads(value) if value else []
     except ValueError:

@@ -118,13 +118,16 @@ def test_cdi_kinds_from_yaml_and_json(tmp_path: Path) -> None:
 
 
 def test_list_options_parse_and_validate() -> None:
-    """JSON list options parse; anything else names the option and the expected form."""
+    """JSON list options parse, a bare value is a list of one (as miniwdl's get_list); a
+    malformed list names the option and the expected form."""
     s = settings.from_mapping(
         {"allow_networks": '["none", "lab"]', "gpu_devices": '["amd.com/gpu=0"]'}
     )
     assert s.allow_networks == ("none", "lab")
     assert s.gpu_devices == ("amd.com/gpu=0",)
-    with pytest.raises(ConfigError) as info:
-        settings.from_mapping({"cdi_spec_dirs": "/etc/cdi"})
-    assert "JSON list of strings" in str(info.value)
-    assert "MINIWDL__PODMAN_ROOTLESS__CDI_SPEC_DIRS" in str(info.value)
+    assert settings.from_mapping({"cdi_spec_dirs": "/etc/cdi"}).cdi_spec_dirs == ("/etc/cdi",)
+    for bad in ('["/etc/cdi"', "[1, 2]"):
+        with pytest.raises(ConfigError) as info:
+            settings.from_mapping({"cdi_spec_dirs": bad})
+        assert "JSON list of strings" in str(info.value)
+        assert "MINIWDL__PODMAN_ROOTLESS__CDI_SPEC_DIRS" in str(info.value)

@@ -90,3 +90,34 @@ def test_example_config_documents_every_option_with_its_default() -> None:
 def test_durations_are_read_in_seconds(text: str, value: float) -> None:
     """Go-style durations, as wait_interval takes them, convert to seconds."""
     assert settings.seconds(text) == pytest.approx(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("true", True), ("T", True), ("y", True), ("YES", True), ("1", True), ("on", True),
+     ("false", False), ("f", False), ("N", False), ("no", False), ("0", False), ("off", False)],
+)  # fmt: skip
+def test_booleans_in_every_spelling_miniwdls_loader_takes(value: str, expected: bool) -> None:
+    """A boolean that works in [scheduler] (miniwdl's get_bool) works in [podman_rootless]."""
+    assert settings.from_mapping({"coordinate": value}).coordinate is expected
+    if value.lower() not in ("on", "off"):  # ours takes on/off too; miniwdl's does not
+        assert config._parse_bool(value.lower()) is expected
+
+
+def test_lists_in_every_form_miniwdls_loader_takes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JSON list, or (as miniwdl's get_list) one bare value; read through the real loader from
+    a config file and from the environment."""
+    cfg_file = tmp_path / "my.cfg"
+    cfg_file.write_text(
+        '[podman_rootless]\nallow_networks = ["a", "b"]\nservice_args = --log-level=info\n'
+    )
+    monkeypatch.setenv("MINIWDL__PODMAN_ROOTLESS__GPU_DEVICES", "vendor.com/gpu=0")
+    s = settings.load(config.Loader(logging.getLogger("test"), [str(cfg_file)]))
+    assert s.allow_networks == ("a", "b")
+    assert s.service_args == ("--log-level=info",)
+    assert s.gpu_devices == ("vendor.com/gpu=0",)
+    assert settings.from_mapping({"allow_networks": ""}).allow_networks == ()
+    with pytest.raises(ConfigError):
+        settings.from_mapping({"allow_networks": "[1, 2]"})  # a list, but not of strings
