@@ -226,8 +226,8 @@ class Doctor:
             # what the node helper runs with: a private cgroupfs service, the node's store
             self.settings = settings_mod.node_settings(
                 self.settings,
-                os.path.expandvars(ss.node_storage),
-                os.path.expandvars(ss.node_runtime_dir),
+                settings_mod.node_path(ss.node_storage, os.environ),
+                settings_mod.node_path(ss.node_runtime_dir, os.environ),
             )
             self.add("miniwdl config", PASS, f"{where}: container_backend = {backend}; checking"
                      " this host as a compute node: the node helper's private service (cgroupfs),"
@@ -257,7 +257,7 @@ class Doctor:
         if not self.node or ss is None:
             return
         option = f"[{settings_mod.SLURM_SECTION}]"
-        storage = os.path.expandvars(ss.node_storage)
+        storage = settings_mod.node_path(ss.node_storage, os.environ)
         if not storage:
             self.add("node storage", INFO, "node_storage is empty: the node helper uses your"
                      " own Podman store on the node")  # fmt: skip

@@ -28,7 +28,7 @@ from WDL.runtime.error import Terminated
 
 from . import protocol
 from .runtime import Runtime, open_runtime
-from .settings import node_settings
+from .settings import node_path, node_settings
 
 
 def _logger() -> logging.Logger:
@@ -79,8 +79,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     runtime: Optional[Runtime] = None
     result = protocol.Result(node=node)
     try:
-        storage = os.path.expandvars(job.storage)
-        settings = node_settings(job.settings, storage, os.path.expandvars(job.runtime_dir))
+        storage = node_path(job.storage, os.environ)
+        settings = node_settings(job.settings, storage, node_path(job.runtime_dir, os.environ))
         if storage:
             os.makedirs(storage, mode=0o700, exist_ok=True)
         # coordination: one pull/build per image among the user's jobs on this node

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shlex
+import socket
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .errors import ConfigError
 
@@ -325,6 +327,31 @@ def load_slurm(cfg: Any) -> SlurmSettings:
 
 
 # -- on a compute node ---------------------------------------------------------------------
+
+
+def node_path(
+    text: str,
+    environ: Mapping[str, str],
+    user: Optional[str] = None,
+    host: Optional[str] = None,
+) -> str:
+    """A node-side path option (``node_storage``, ``node_runtime_dir``) as the compute node
+    means it: Slurm's filename patterns, which miniwdl leaves alone (it expands ``$VAR`` itself,
+    on the login node), become the node's values (``%j`` job id, ``%u`` user, ``%N`` node,
+    ``%%`` a ``%``); then what ``$VAR`` miniwdl left (unset on the login node) is expanded.
+    ``user`` and ``host``: this process's user and short host name unless given."""
+    user = user if user is not None else pwd.getpwuid(os.getuid()).pw_name
+    host = host if host is not None else socket.gethostname().split(".")[0]
+    values = {"j": environ.get("SLURM_JOB_ID", ""), "u": user, "N": host, "%": "%"}
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "%" and i + 1 < len(text) and text[i + 1] in values:
+            out.append(values[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return os.path.expandvars("".join(out))
 
 
 def node_settings(settings: Settings, storage: str, runtime_dir: str) -> Settings:

@@ -801,6 +801,26 @@ def test_credentials_only_in_the_login_nodes_runtime_dir_are_warned_of(
     )
 
 
+def test_node_storage_with_slurms_patterns_is_expanded_on_the_node(
+    slurm: SlurmRun, tmp_path: Path
+) -> None:
+    """node_storage = DIR/store-%u-%j: each job gets a store named by its own user and job id
+    (miniwdl leaves % alone; $VARs it would expand on the login node)."""
+    pattern = str(tmp_path / "store-%u-%j")
+    res = slurm.run(
+        INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}",
+        env={"MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_STORAGE": pattern},
+    )  # fmt: skip
+    try:
+        assert res.returncode == 0, res.stderr[-3000:]
+        (job_id,) = re.findall(r'slurm job submitted :: job_id: "(\d+)"', _task_logs(res.run_dir))
+        store = tmp_path / f"store-{getpass.getuser()}-{job_id}"
+        assert (store / "root").is_dir(), sorted(p.name for p in tmp_path.iterdir())
+    finally:
+        for made in tmp_path.glob("store-*"):  # files of the container's uids: remove as them
+            subprocess.run(["podman", "unshare", "rm", "-rf", str(made)], capture_output=True)
+
+
 def test_node_without_the_helper_fails_clearly(slurm: SlurmRun) -> None:
     """A node_python that does not exist on the node: the job ends without a result, and the
     error names the option and the job's log."""

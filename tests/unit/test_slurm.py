@@ -369,3 +369,23 @@ def test_slurms_words_for_no_reason_are_no_reason() -> None:
     assert [slurm.pending_reason(r) for r in ("None", "(null)", " ", "Resources ")] == [
         "", "", "", "Resources"
     ]  # fmt: skip
+
+
+def test_node_paths_take_slurms_patterns_which_miniwdl_leaves_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """%j, %u, %N and %% become the node's job id, user, host and %; $VARs miniwdl left (unset
+    on the login node) are expanded on the node; miniwdl's own loader keeps % as it is."""
+    import logging
+
+    from WDL.runtime import config
+
+    env = {"SLURM_JOB_ID": "4242", "SCRATCH": "/scratch/u1"}
+    got = settings.node_path("/tmp/mwp-%u-%j/%N/100%%", env, user="u1", host="n7")
+    assert got == "/tmp/mwp-u1-4242/n7/100%"
+    monkeypatch.setenv("SCRATCH", "/scratch/u1")
+    assert settings.node_path("$SCRATCH/%j", {"SLURM_JOB_ID": "7"}, "u", "h") == "/scratch/u1/7"
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    monkeypatch.setenv("MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_STORAGE", "/tmp/s-%u-%j")
+    loaded = settings.load_slurm(config.Loader(logging.getLogger("t"), []))
+    assert loaded.node_storage == "/tmp/s-%u-%j"  # what the login side sends to the node
