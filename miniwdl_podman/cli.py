@@ -11,8 +11,8 @@ import sys
 from dataclasses import asdict
 from typing import List, Optional
 
-from . import doctor_fixes
-from .doctor import FAIL, WARN, Check, Doctor
+from . import __version__, doctor_fixes
+from .doctor import FAIL, JSON_SCHEMA, WARN, Check, Doctor
 
 
 def _print(checks: List[Check]) -> None:
@@ -52,8 +52,15 @@ def doctor_main(argv: Optional[List[str]] = None) -> int:
             checks = Doctor(image=args.image, node=args.node).run()
     failed = any(c.status == FAIL for c in checks)
     if args.json:
-        print(json.dumps({"checks": [asdict(c) for c in checks], "fixed": fixes,
-                          "ok": not failed}, indent=2))  # fmt: skip
+        report = {
+            "tool": "miniwdl-podman",
+            "version": __version__,
+            "schema": JSON_SCHEMA,
+            "checks": [asdict(c) for c in checks],
+            "fixed": fixes,
+            "ok": not failed,
+        }
+        print(json.dumps(report, indent=2))  # fmt: skip
     else:
         for line in fixes:
             print(f"FIXED {line}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -39,7 +40,9 @@ PASS, WARN, FAIL, INFO = "PASS", "WARN", "FAIL", "INFO"
 
 @dataclass
 class Check:
-    """One finding: what was checked, how it stands, and how to fix it."""
+    """One finding: what was checked, how it stands, and how to fix it. ``id`` is the name in
+    lower-case words joined by ``-`` (``api service`` → ``api-service``): stable, for scripts
+    reading ``doctor --json`` (:data:`JSON_SCHEMA`)."""
 
     name: str
     status: str
@@ -47,6 +50,16 @@ class Check:
     fix: str = ""
     action: Optional[str] = None  # the --fix action that applies, if any
     data: Dict[str, Any] = field(default_factory=dict)
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            self.id = re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+
+# the version of doctor --json's layout: {"tool", "version", "schema", "checks": [{"id", "name",
+# "status", "detail", "fix", "action", "data"}], "fixed", "ok"}; raised when a field changes
+JSON_SCHEMA = 1
 
 
 # -- the checks ---------------------------------------------------------------------------------

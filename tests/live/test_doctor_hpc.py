@@ -62,6 +62,17 @@ def test_healthy_setup_passes(miniwdl: Miniwdl, rootless_podman: Dict[str, Any])
     missing, and a real test container runs with and without network."""
     code, report = doctor(env={"MINIWDL_CFG": str(miniwdl.cfg)})
     assert code == 0 and report["ok"]
+    # the report names its tool, version and layout; each check has a stable id
+    assert (report["tool"], report["version"], report["schema"]) == (
+        "miniwdl-podman",
+        __version__,
+        1,
+    )
+    ids = [c["id"] for c in report["checks"]]
+    assert len(ids) == len(set(ids)) and all(
+        re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", i) for i in ids
+    )
+    assert {"podman", "api-service", "test-container-network-none", "cgroups"} <= set(ids)
     assert check(report, "miniwdl config")["status"] == "PASS"
     assert check(report, "test container (network none)")["status"] == "PASS"
     assert check(report, "test container (network default)")["status"] == "PASS"
