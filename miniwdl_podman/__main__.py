@@ -1,5 +1,4 @@
-"""``python -m miniwdl_podman doctor [--fix] [--json] [--image IMAGE]``, or ``node-run JOB.json``
-(the Slurm backend's node helper)."""
+"""``python -m miniwdl_podman COMMAND``: the ``miniwdl-podman`` command (see :mod:`.cli`)."""
 
 import sys
 

@@ -73,16 +73,18 @@ class Doctor:
         image: Optional[str] = None,
         logger: Optional[logging.Logger] = None,
         node: Optional[bool] = None,
+        cfg_file: Optional[str] = None,
     ):
         """``node``: check this host as a compute node of ``podman_rootless_slurm`` (what the
-        node helper uses); None: when run inside a Slurm job with that backend selected."""
+        node helper uses); None: when run inside a Slurm job with that backend selected.
+        ``cfg_file``: the miniwdl configuration to judge (None: the one miniwdl would find)."""
         self.image = image
         self.node = node
         self.slurm_settings: Optional[settings_mod.SlurmSettings] = None
         self.logger = logger or logging.getLogger("miniwdl-podman.doctor")
         self.uid = os.geteuid()
         self.user = pwd.getpwuid(self.uid).pw_name
-        self.cfg = wdl_config.Loader(self.logger)
+        self.cfg = wdl_config.Loader(self.logger, [cfg_file] if cfg_file else None)
         self.cfg_path: Optional[str] = getattr(self.cfg, "cfg_filename", None)
         self.settings: Optional[settings_mod.Settings] = None
         self.runtime: Optional[Runtime] = None

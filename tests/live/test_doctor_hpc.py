@@ -44,6 +44,21 @@ def doctor(*args: str, env: Optional[Dict[str, str]] = None) -> Tuple[int, Dict[
     return proc.returncode, json.loads(proc.stdout)
 
 
+def test_doctor_judges_the_config_file_given_with_cfg(
+    miniwdl: Miniwdl, rootless_podman: Dict[str, Any], tmp_path: Path
+) -> None:
+    """`doctor --cfg FILE` judges that file (as `miniwdl run --cfg` would use it), not the one
+    MINIWDL_CFG names."""
+    other = tmp_path / "other.cfg"
+    other.write_text("[scheduler]\ncontainer_backend = docker_swarm\n")
+    code, report = doctor("--cfg", str(miniwdl.cfg), env={"MINIWDL_CFG": str(other)})
+    assert code == 0, report
+    config = check(report, "miniwdl config")
+    assert config["status"] == "PASS" and config["data"]["file"] == str(miniwdl.cfg)
+    code, report = doctor("--cfg", str(other))
+    assert check(report, "miniwdl config")["status"] == "WARN"  # it selects another backend
+
+
 def check(report: Dict[str, Any], name: str) -> Dict[str, Any]:
     (found,) = [c for c in report["checks"] if c["name"] == name]
     return dict(found)
