@@ -59,7 +59,7 @@ def _doctor(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))  # fmt: skip
     else:
         for line in fixes:
-            print(f"FIXED {line}")
+            print(line)
         _print(checks)
         if failed and not args.fix and any(c.action for c in checks if c.status == FAIL):
             print("\nrun `miniwdl-podman doctor --fix` to apply the fixes marked `--fix does`")

@@ -131,7 +131,10 @@ class Doctor:
         exe = shutil.which("podman")
         if not exe:
             self.add(
-                "podman", FAIL, "podman is not on PATH", "install Podman (apt-get install podman)"
+                "podman",
+                FAIL,
+                "podman is not on PATH",
+                f"install Podman ({host.install_hint('podman')})",
             )
             return
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60,
@@ -145,7 +148,8 @@ class Doctor:
                 "uidmap",
                 FAIL,
                 f"{' and '.join(missing)} not found: rootless Podman cannot map ids",
-                "ask an administrator to install the uidmap package (apt-get install uidmap)",
+                f"ask an administrator to install newuidmap/newgidmap"
+                f" ({host.install_hint('uidmap')})",
             )
         else:
             self.add("uidmap", PASS, "newuidmap and newgidmap present")

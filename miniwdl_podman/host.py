@@ -95,6 +95,40 @@ def read_text(path: str) -> str:
         return ""
 
 
+# package names that differ between distribution families (the rest are the same everywhere)
+_PACKAGE_NAMES = {"uidmap": {"rhel": "shadow-utils", "suse": "shadow"}}
+_INSTALL = {"debian": "apt-get install", "rhel": "dnf install", "suse": "zypper install"}
+
+
+def distro_family(os_release: str) -> str:
+    """``debian``, ``rhel`` or ``suse`` for /etc/os-release's text (its ID and ID_LIKE), or ""
+    for another."""
+    fields = dict(
+        (k, v.strip().strip('"').lower())
+        for k, _, v in (ln.partition("=") for ln in os_release.splitlines())
+        if v
+    )
+    ids = [fields.get("ID", ""), *fields.get("ID_LIKE", "").split()]
+    for name in ids:
+        if name in ("debian", "ubuntu"):
+            return "debian"
+        if name in ("rhel", "fedora", "centos", "rocky", "almalinux"):
+            return "rhel"
+        if name in ("suse", "opensuse", "sles") or name.startswith("opensuse"):
+            return "suse"
+    return ""
+
+
+def install_hint(package: str, os_release: Optional[str] = None) -> str:
+    """How to install ``package`` on this distribution (``dnf install shadow-utils`` on
+    RHEL-likes for ``uidmap``, ``apt-get install uidmap`` on Debian-likes...)."""
+    family = distro_family(read_text("/etc/os-release") if os_release is None else os_release)
+    name = _PACKAGE_NAMES.get(package, {}).get(family, package)
+    if family in _INSTALL:
+        return f"{_INSTALL[family]} {name}"
+    return f"your distribution's {package} package"
+
+
 def free_space(path: str) -> Tuple[int, int]:
     """(free bytes available to the user, total bytes) of the file system holding ``path``."""
     probe = path

@@ -160,12 +160,17 @@ def test_crun_is_fixed_on_cgroup_v1_and_right_on_v2(
     miniwdl: Miniwdl, tmp_path: Path, rootless_podman: Dict[str, Any]
 ) -> None:
     """crun configured: on a cgroup v1 host every container fails, doctor says so, --fix sets
-    runc (backing up containers.conf) and the next miniwdl run succeeds; on a cgroup v2 host
-    crun is right: runs succeed and doctor passes it, offering no fix."""
+    runc in a drop-in of its own (the user's containers.conf, comments and all, untouched) and
+    the next miniwdl run succeeds; on a cgroup v2 host crun is right: runs succeed and doctor
+    passes it, offering no fix."""
     xdg = private_containers_config(tmp_path)
     conf = xdg / "containers" / "containers.conf"
     text = re.sub(r"(?m)^#? ?runtime.*$", "", conf.read_text())
-    conf.write_text(text.replace("[engine]", '[engine]\nruntime = "crun"', 1))
+    conf.write_text(
+        "# my notes: keep them\n"
+        + text.replace("[engine]", '[engine]\nruntime = "crun"  # chosen by me', 1)
+    )
+    before = conf.read_text()
     env = {"XDG_CONFIG_HOME": str(xdg), "MINIWDL_CFG": str(miniwdl.cfg)}
     if rootless_podman["host"]["cgroupVersion"] == "v2":
         works = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
@@ -185,9 +190,10 @@ def test_crun_is_fixed_on_cgroup_v1_and_right_on_v2(
     assert runtime["status"] == "FAIL" and runtime["action"] == "runtime"
     code, report = doctor("--fix", env=env)
     assert code == 0, report
-    assert any("containers.conf" in f and "backup" in f for f in report["fixed"])
-    assert 'runtime = "runc"' in conf.read_text()
-    assert list(conf.parent.glob("containers.conf.bak-*"))
+    dropin = conf.parent / "containers.conf.d" / "50-miniwdl-podman.conf"
+    assert any(f.startswith("fixed:") and str(dropin) in f for f in report["fixed"]), report
+    assert 'runtime = "runc"' in dropin.read_text()
+    assert conf.read_text() == before  # the user's own file as it was
     fixed = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
     assert fixed.returncode == 0, fixed.stderr[-3000:]
 
@@ -198,7 +204,8 @@ def test_storage_on_tmpfs_is_reported_and_moved(miniwdl: Miniwdl, tmp_path: Path
     xdg = private_containers_config(tmp_path)
     store = Path("/mnt/mwp-full") / uuid.uuid4().hex
     (xdg / "containers" / "storage.conf").write_text(
-        f'[storage]\ndriver = "overlay"\ngraphroot = "{store}"\n'
+        f'# site notes\n[storage]\ndriver = "overlay"\ngraphroot = "{store}"  # mine\n'
+        '\n[storage.options]\n# pull options\npull_options = {enable_partial_images = "false"}\n'
     )
     env = {"XDG_CONFIG_HOME": str(xdg), "MINIWDL_CFG": str(miniwdl.cfg)}
     new_root: Optional[str] = None
@@ -210,6 +217,9 @@ def test_storage_on_tmpfs_is_reported_and_moved(miniwdl: Miniwdl, tmp_path: Path
         _, report = doctor("--fix", env=env)
         storage_conf = (xdg / "containers" / "storage.conf").read_text()
         assert str(store) not in storage_conf
+        # edited in place: the user's comments and other settings are still there
+        assert "# site notes" in storage_conf and "# pull options" in storage_conf
+        assert "enable_partial_images" in storage_conf
         new_root = check(report, "storage location")["data"]["graphroot"]
         assert check(report, "storage location")["status"] == "PASS"
         res = miniwdl.run(ECHO_WDL, f"image={PULL_IMAGE}", env=env)

@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from miniwdl_podman import budget, configfiles, host
 
 if sys.version_info >= (3, 11):
@@ -88,6 +90,49 @@ def test_update_miniwdl_cfg(tmp_path: Path) -> None:
     assert parser.get("podman_rootless", "network") == "none"
 
 
+def test_edits_keep_the_users_comments_and_other_settings(tmp_path: Path) -> None:
+    """Podman's TOML and miniwdl's INI are edited in place: every other line, comments
+    included, stays; the key is replaced where it was, or added to its table."""
+    toml = tmp_path / "storage.conf"
+    toml.write_text(
+        '# my storage\n[storage]\ndriver = "vfs"  # slow\nrunroot = "/run/x"\n'
+        '\n[storage.options]\n# keep\nmount_program = "/usr/bin/fuse-overlayfs"\n'
+    )
+    configfiles.update_toml(str(toml), {"storage": {"driver": "overlay", "graphroot": "/g"}})
+    text = toml.read_text()
+    assert "# my storage" in text and "# keep" in text and 'runroot = "/run/x"' in text
+    assert tomllib.loads(text)["storage"]["driver"] == "overlay"
+    assert tomllib.loads(text)["storage"]["graphroot"] == "/g"
+    assert text.index('driver = "overlay"') < text.index("[storage.options]")
+    cfg = tmp_path / "miniwdl.cfg"
+    cfg.write_text("# site defaults\n[scheduler]\ncontainer_backend: podman_rootless\n"
+                   "[podman_rootless]\n; old\nnetwork = slirp4netns\n")  # fmt: skip
+    configfiles.update_miniwdl_cfg(str(cfg), "podman_rootless", "network", "none")
+    text = cfg.read_text()
+    assert "# site defaults" in text and "; old" in text and "slirp4netns" not in text
+    assert "container_backend: podman_rootless" in text and "network = none" in text
+
+
+def test_a_file_the_line_editor_cannot_change_safely_is_left_alone(tmp_path: Path) -> None:
+    """A value over several lines is refused with what to set by hand; the file is unchanged
+    and no backup is made."""
+    toml = tmp_path / "containers.conf"
+    original = '[engine]\nruntime = [\n  "crun",\n]\n'
+    toml.write_text(original)
+    with pytest.raises(configfiles.EditRefused) as exn:
+        configfiles.update_toml(str(toml), {"engine": {"runtime": "runc"}})
+    assert 'set by hand: [engine] runtime = "runc"' in str(exn.value)
+    assert toml.read_text() == original and not list(tmp_path.glob("*.bak-*"))
+
+
+def test_a_drop_in_is_written_whole(tmp_path: Path) -> None:
+    """A drop-in of our own: a fresh file, the tables asked for, how to undo."""
+    path = tmp_path / "containers.conf.d" / "50-miniwdl-podman.conf"
+    configfiles.write_dropin(str(path), {"engine": {"runtime": "runc"}})
+    assert tomllib.loads(path.read_text()) == {"engine": {"runtime": "runc"}}
+    assert "remove this file to undo" in path.read_text()
+
+
 def test_shared_budget_is_shared_and_ignores_dead_processes(tmp_path: Path) -> None:
     """Two schedulers on one ledger (as two processes) never exceed the budget together, and
     entries of dead processes do not count."""
@@ -162,3 +207,38 @@ def test_a_pid_with_another_start_time_is_another_process() -> None:
     assert host_mod.pid_alive(me, started) and host_mod.pid_alive(me)
     assert not host_mod.pid_alive(me, str(int(started) + 1))
     assert not host_mod.pid_alive(999_999_999, started)
+
+
+@pytest.mark.parametrize(
+    ("os_release", "package", "hint"),
+    [('ID=debian\nVERSION_ID="12"\n', "uidmap", "apt-get install uidmap"),
+     ('ID=ubuntu\nID_LIKE=debian\n', "podman", "apt-get install podman"),
+     ('ID="rocky"\nID_LIKE="rhel centos fedora"\n', "uidmap", "dnf install shadow-utils"),
+     ('ID=almalinux\nID_LIKE="rhel centos fedora"\n', "podman", "dnf install podman"),
+     ('ID=fedora\n', "podman", "dnf install podman"),
+     ('ID="opensuse-leap"\nID_LIKE="suse opensuse"\n', "uidmap", "zypper install shadow"),
+     ('ID=arch\n', "uidmap", "your distribution's uidmap package")],
+)  # fmt: skip
+def test_install_hints_fit_the_distribution(os_release: str, package: str, hint: str) -> None:
+    """dnf on RHEL/Fedora/Rocky/Alma, apt-get on Debian/Ubuntu, zypper on SUSE, with each
+    family's package name."""
+    assert host.install_hint(package, os_release) == hint
+
+
+def test_a_site_wide_miniwdl_config_is_not_edited(tmp_path: Path) -> None:
+    """--fix does not touch a miniwdl config that is not the user's: it says to copy it to the
+    user's own file (miniwdl reads only the first it finds) and what to add."""
+    import logging
+
+    from miniwdl_podman import doctor, doctor_fixes
+
+    site = tmp_path / "etc-xdg-miniwdl.cfg"
+    site.write_text("[scheduler]\ncontainer_backend = podman_rootless\n")
+    before = site.read_text()
+    checks = [doctor.Check("network", doctor.FAIL, "tun", action="network")]
+    done = doctor_fixes.apply(checks, uid=os.geteuid() + 1, cfg_path=str(site), settings=None,
+                              logger=logging.getLogger("t"))  # fmt: skip
+    assert site.read_text() == before
+    (line,) = done
+    assert line.startswith("not changed:") and "is not yours" in line
+    assert "network = none" in line and "MINIWDL__PODMAN_ROOTLESS__NETWORK=none" in line
