@@ -288,10 +288,16 @@ class Doctor:
             except OSError as exn:
                 problem = str(exn.strerror)
             kind = host.fs_type(storage)
+            runroot = os.path.join(storage, "run")
+            if not problem and len(runroot) > settings_mod.MAX_RUNROOT:
+                problem = (
+                    f"its run root {runroot} is longer than the {settings_mod.MAX_RUNROOT}"
+                    " characters Podman takes"
+                )
             if problem:
                 self.add("node storage", FAIL, f"node_storage {storage}: {problem}",
-                         f"set {option} node_storage to a directory of yours on node-local disk"
-                         " (e.g. /tmp/miniwdl-podman-$USER)")  # fmt: skip
+                         f"set {option} node_storage to a directory of yours on node-local disk,"
+                         " with a short path (e.g. /tmp/miniwdl-podman-$USER)")  # fmt: skip
             elif host.is_network_fs(kind):
                 self.add("node storage", FAIL, f"node_storage {storage} is on a network file"
                          f" system ({kind}), where rootless container storage breaks or crawls",

@@ -99,6 +99,13 @@ _HINTS: Tuple[Tuple[Tuple[str, ...], str], ...] = (
         " podman_rootless_slurm, FILE must be on a file system the compute nodes share",
     ),
     (
+        ("runroot is longer than",),
+        "Podman takes a run root (its --runroot) of at most 50 characters: for the Slurm"
+        " backend's node store that is node_storage + /run, so set [podman_rootless_slurm]"
+        " node_storage to a shorter path (e.g. /tmp/mwp-%u); otherwise shorten --runroot in"
+        " [podman_rootless] service_args",
+    ),
+    (
         ("no space left on device",),
         "Podman's storage is full: free space with `podman system prune` (or `podman image"
         " prune -a`), or move it to a bigger disk (graphroot in"

@@ -8,6 +8,7 @@ by the environment variable ``MINIWDL__PODMAN_ROOTLESS__<OPTION>`` (miniwdl's us
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import pwd
@@ -229,9 +230,22 @@ def from_mapping(
     return Settings(**values)
 
 
+def _read(cfg: Any, section: str, key: str, default: str) -> str:
+    """One option through miniwdl's loader; a value its configparser cannot read (a lone ``%``
+    in a config file: interpolation) is a ConfigError naming the fix, not a traceback."""
+    try:
+        return str(cfg.get(section, key, default))
+    except configparser.Error as exn:
+        raise ConfigError(
+            f"cannot read [{section}] {key} from the miniwdl config file: {exn}; in a config"
+            " file write each % as %% (e.g. node_storage = /tmp/mwp-%%u-%%j); an environment"
+            f" variable takes it as it is (MINIWDL__{section.upper()}__{key.upper()})"
+        ) from None
+
+
 def load(cfg: Any) -> Settings:
     """Read every option from a miniwdl ``config.Loader`` (config file, env, defaults)."""
-    raw = {key: cfg.get(SECTION, key, default) for key, (default, _) in DEFAULTS.items()}
+    raw = {key: _read(cfg, SECTION, key, default) for key, (default, _) in DEFAULTS.items()}
     return from_mapping(
         raw,
         command_shell=cfg.get("task_runtime", "command_shell", "/bin/bash"),
@@ -322,11 +336,19 @@ _SLURM_OWNED = frozenset(
 def load_slurm(cfg: Any) -> SlurmSettings:
     """Read every ``[podman_rootless_slurm]`` option from a miniwdl ``config.Loader``."""
     return slurm_from_mapping(
-        {key: cfg.get(SLURM_SECTION, key, default) for key, (default, _) in SLURM_DEFAULTS.items()}
+        {
+            key: _read(cfg, SLURM_SECTION, key, default)
+            for key, (default, _) in SLURM_DEFAULTS.items()
+        }
     )
 
 
 # -- on a compute node ---------------------------------------------------------------------
+
+
+# the longest --runroot Podman takes ("the specified runroot is longer than 50 characters"):
+# the node store's is node_storage + /run
+MAX_RUNROOT = 50
 
 
 def node_path(

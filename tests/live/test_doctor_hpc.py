@@ -438,5 +438,14 @@ def test_doctor_on_a_compute_node_checks_what_the_node_helper_uses(tmp_path: Pat
         python = check(report, "node python")
         assert python["status"] == "FAIL" and "cannot import miniwdl_podman" in python["detail"]
         assert "node_python" in python["fix"]
+        # a store whose run root Podman would refuse (over 50 characters) is named up front
+        deep = tmp_path / "a-directory-name-that-makes-the-path-long" / "%%u-%%j"  # file: %%
+        long_cfg = tmp_path / "long.cfg"
+        long_cfg.write_text(cfg.read_text().replace(str(store), str(deep)))
+        code, report = doctor("--node", "--image", PULL_IMAGE, env={"MINIWDL_CFG": str(long_cfg)})
+        assert code == 1
+        storage = check(report, "node storage")
+        assert storage["status"] == "FAIL" and "longer than the 50 characters" in storage["detail"]
+        assert "node_storage" in storage["fix"]
     finally:
         subprocess.run(["podman", "unshare", "rm", "-rf", str(store)], timeout=120)

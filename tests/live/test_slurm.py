@@ -802,22 +802,28 @@ def test_credentials_only_in_the_login_nodes_runtime_dir_are_warned_of(
 
 
 def test_node_storage_with_slurms_patterns_is_expanded_on_the_node(
-    slurm: SlurmRun, tmp_path: Path
+    slurm: SlurmRun, tmp_path: Path, short_dir: Path
 ) -> None:
-    """node_storage = DIR/store-%u-%j: each job gets a store named by its own user and job id
-    (miniwdl leaves % alone; $VARs it would expand on the login node)."""
-    pattern = str(tmp_path / "store-%u-%j")
+    """node_storage = DIR/s-%u-%j: each job gets a store named by its own user and job id
+    (miniwdl leaves % alone; $VARs it would expand on the login node). A store whose run root
+    Podman refuses as too long (over 50 characters) fails naming node_storage."""
+    long_pattern = str(tmp_path / "store-%u-%j")
+    line = slurm.run(
+        INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}",
+        env={"MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_STORAGE": long_pattern},
+    ).clean_failure_line()  # fmt: skip
+    assert "longer than 50 characters" in line and "node_storage" in line
     res = slurm.run(
         INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}",
-        env={"MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_STORAGE": pattern},
+        env={"MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_STORAGE": str(short_dir / "s-%u-%j")},
     )  # fmt: skip
     try:
         assert res.returncode == 0, res.stderr[-3000:]
         (job_id,) = re.findall(r'slurm job submitted :: job_id: "(\d+)"', _task_logs(res.run_dir))
-        store = tmp_path / f"store-{getpass.getuser()}-{job_id}"
-        assert (store / "root").is_dir(), sorted(p.name for p in tmp_path.iterdir())
+        store = short_dir / f"s-{getpass.getuser()}-{job_id}"
+        assert (store / "root").is_dir(), sorted(p.name for p in short_dir.iterdir())
     finally:
-        for made in tmp_path.glob("store-*"):  # files of the container's uids: remove as them
+        for made in short_dir.glob("s-*"):  # files of the container's uids: remove as them
             subprocess.run(["podman", "unshare", "rm", "-rf", str(made)], capture_output=True)
 
 

@@ -389,3 +389,23 @@ def test_node_paths_take_slurms_patterns_which_miniwdl_leaves_alone(
     monkeypatch.setenv("MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_STORAGE", "/tmp/s-%u-%j")
     loaded = settings.load_slurm(config.Loader(logging.getLogger("t"), []))
     assert loaded.node_storage == "/tmp/s-%u-%j"  # what the login side sends to the node
+
+
+def test_a_lone_percent_in_a_config_file_is_a_clear_error_and_double_percent_works(
+    tmp_path: Path,
+) -> None:
+    """miniwdl's loader interpolates % in config files: a lone % is a ConfigError naming the
+    %% form (no traceback); %%u-%%j reads as %u-%j, for the node to expand."""
+    import logging
+
+    from WDL.runtime import config
+
+    bad = tmp_path / "bad.cfg"
+    bad.write_text("[podman_rootless_slurm]\nnode_storage = /tmp/mwp-%u-%j\n")
+    with pytest.raises(errors.ConfigError) as exn:
+        settings.load_slurm(config.Loader(logging.getLogger("t"), [str(bad)]))
+    assert "write each % as %%" in str(exn.value)
+    good = tmp_path / "good.cfg"
+    good.write_text("[podman_rootless_slurm]\nnode_storage = /tmp/mwp-%%u-%%j\n")
+    loaded = settings.load_slurm(config.Loader(logging.getLogger("t"), [str(good)]))
+    assert loaded.node_storage == "/tmp/mwp-%u-%j"
