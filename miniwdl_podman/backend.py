@@ -12,6 +12,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from contextlib import ExitStack
 from typing import Callable, ClassVar, Dict, Optional
 
@@ -19,7 +20,7 @@ from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.error import Terminated
 
-from . import __version__, budget, capacity, exits, gpu, identity
+from . import __version__, budget, capacity, exits, gpu, identity, usage_record
 from . import plan as plan_mod
 from ._logging import notice
 from .base import PodmanTaskContainer
@@ -121,6 +122,24 @@ class PodmanRootless(PodmanTaskContainer):
         if runtime is None or scheduler is None:
             raise BackendError("podman_rootless backend used before global_init")
         self._pace_retry(logger, terminating)
+        record = self._new_record("podman_rootless")
+        try:
+            code = self._attempt(logger, terminating, command, record)
+        except BaseException as exn:
+            self._write_record(logger, record, exn)
+            raise
+        self._write_record(logger, record)
+        return code
+
+    def _attempt(
+        self,
+        logger: logging.Logger,
+        terminating: Callable[[], bool],
+        command: str,
+        record: usage_record.AttemptRecord,
+    ) -> int:
+        runtime, scheduler = self._runtime, self._scheduler
+        assert runtime is not None and scheduler is not None
         cpu = int(self.runtime_values.get("cpu", 0))
         mem = int(self.runtime_values.get("memory_reservation", 0))
         memory_limit = int(self.runtime_values.get("memory_limit", 0))
@@ -129,6 +148,7 @@ class PodmanRootless(PodmanTaskContainer):
             gpu.gpu_devices(runtime.settings)  # fail before waiting for resources
         with ExitStack() as cleanup:
             reservation = cleanup.enter_context(scheduler.reserve(cpu, mem, wants_gpu))
+            record.seconds["waiting"] = round(reservation.waited, 3)
             logger.info(
                 _(
                     "provisioned",
@@ -139,15 +159,21 @@ class PodmanRootless(PodmanTaskContainer):
                 )
             )
             plan = self._task_plan(logger, command, self._hard_limits(logger, cpu, memory_limit))
+            record.limits = dict(plan.limits)
             poll_stderr = cleanup.enter_context(self.poll_stderr_context(logger))
             with runtime.launcher.start(plan, logger) as task:
+                started = time.monotonic()
+                record.image, record.image_id = plan.image_label, task.image.id
+                record.image_digest = task.image.digest or None
                 cleanup.enter_context(self.task_running_context())
                 while (outcome := task.wait(1.0)) is None:
                     poll_stderr()
                     if terminating():
                         task.kill()
                         raise Terminated()
+                record.seconds["container"] = round(time.monotonic() - started, 3)
             poll_stderr()
+        self._record_outcome(record, outcome)
         self._report_usage(logger, outcome)
         runtime.launcher.settle_ownership(plan.writable, logger)
         if not self.success_exit_code(outcome.exit.code):

@@ -23,7 +23,7 @@ from WDL.runtime import config
 from WDL.runtime.error import Terminated
 from WDL.runtime.task_container import TaskContainer
 
-from . import _backoff, errors, exits, mounts
+from . import _backoff, errors, exits, mounts, usage_record
 from . import plan as plan_mod
 from . import settings as settings_mod
 from ._logging import notice
@@ -168,6 +168,45 @@ class PodmanTaskContainer(TaskContainer):
             network=network,
             limits=limits,
         )
+
+    # -- the usage record ------------------------------------------------------------------
+
+    def _new_record(self, backend: str) -> usage_record.AttemptRecord:
+        """This attempt's usage record, with what the task asks for (written by
+        :meth:`_write_record` whatever the attempt's end)."""
+        rv = self.runtime_values
+        return usage_record.AttemptRecord(
+            backend=backend,
+            run_id=self.run_id,
+            attempt=self.try_counter,
+            started=time.time(),
+            requested={
+                "cpu": int(rv.get("cpu", 0)) or None,
+                "memory_bytes": int(rv.get("memory_reservation", 0)) or None,
+                "memory_limit_bytes": int(rv.get("memory_limit", 0)) or None,
+                "gpu": bool(rv.get("gpu", False)),
+            },
+        )
+
+    def _write_record(
+        self, logger: logging.Logger, record: usage_record.AttemptRecord, error: Any = None
+    ) -> None:
+        """Write the record beside the task's log; a failure to write it is only logged."""
+        if error is not None:
+            record.error = f"{type(error).__name__}: {error}"
+        try:
+            path = record.write(self.host_dir, time.time())
+            logger.debug(_("usage record", path=path))
+        except OSError as exn:
+            logger.warning(_("could not write the usage record", error=str(exn)))
+
+    @staticmethod
+    def _record_outcome(record: usage_record.AttemptRecord, outcome: exits.Outcome) -> None:
+        record.exit_code, record.oom_killed = outcome.exit.code, outcome.exit.oom_killed
+        if outcome.samples:
+            record.peak_rss_bytes = outcome.peak_rss
+            record.cpu_seconds = round(outcome.cpu_seconds, 3)
+        record.samples = outcome.samples
 
     # -- the end of a task ------------------------------------------------------------------
 

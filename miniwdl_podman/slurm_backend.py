@@ -29,7 +29,7 @@ from WDL._util import StructuredLogMessage as _
 from WDL.runtime import config
 from WDL.runtime.error import Interrupted, Terminated
 
-from . import __version__, exits, protocol
+from . import __version__, exits, protocol, usage_record
 from . import settings as settings_mod
 from . import slurm as slurm_mod
 from ._logging import notice
@@ -137,11 +137,29 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
     # -- per task ---------------------------------------------------------------------------
 
     def _run(self, logger: logging.Logger, terminating: Any, command: str) -> int:
-        slurm, watcher = self._slurm, self._watcher
-        settings, ss = self.settings(), self._slurm_settings
-        if slurm is None or watcher is None or ss is None:
+        if self._slurm is None or self._watcher is None or self._slurm_settings is None:
             raise BackendError("podman_rootless_slurm backend used before global_init")
         self._pace_retry(logger, terminating)
+        record = self._new_record("podman_rootless_slurm")
+        record.slurm = {"job_id": None, "node": None, "state": None}
+        try:
+            code = self._attempt(logger, terminating, command, record)
+        except BaseException as exn:
+            self._write_record(logger, record, exn)
+            raise
+        self._write_record(logger, record)
+        return code
+
+    def _attempt(
+        self,
+        logger: logging.Logger,
+        terminating: Any,
+        command: str,
+        record: usage_record.AttemptRecord,
+    ) -> int:
+        slurm, watcher = self._slurm, self._watcher
+        settings, ss = self.settings(), self._slurm_settings
+        assert slurm is not None and watcher is not None and ss is not None
         cpu = int(self.runtime_values.get("cpu", 0))
         mem = int(self.runtime_values.get("memory_reservation", 0))
         minutes = int(self.runtime_values.get("time_minutes", 0)) or ss.time_minutes
@@ -173,10 +191,19 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         )
         logger.info(_("sbatch", args=args))
         job_id = slurm.submit(args, comment, logger, terminating)
+        submitted = time.monotonic()
+        assert record.slurm is not None
+        record.slurm["job_id"] = job_id
         notice(logger, _("slurm job submitted", job_id=job_id, cpu=cpu, mem_bytes=mem,
                          time_minutes=minutes or None))  # fmt: skip
+        self._running_at: Optional[float] = None
         job_id, state = self._wait(logger, terminating, job_id, files, slurm, watcher)
-        return self._conclude(logger, job_id, state, files, plan, mem, minutes)
+        ended = time.monotonic()
+        if self._running_at is not None:
+            record.seconds["waiting"] = round(self._running_at - submitted, 3)  # in the queue
+            record.seconds["container"] = round(ended - self._running_at, 3)
+        record.slurm.update(job_id=job_id, state=state)
+        return self._conclude(logger, job_id, state, files, plan, mem, minutes, record)
 
     def _wait(
         self,
@@ -226,6 +253,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
                         raise Terminated()
                     if not running and os.path.exists(files["started"]):
                         running = True
+                        self._running_at = time.monotonic()
                         cleanup.enter_context(self.task_running_context())
                         with open(files["started"]) as f:
                             where = f.read().strip()
@@ -299,9 +327,16 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         plan: TaskPlan,
         mem: int,
         minutes: int,
+        record: usage_record.AttemptRecord,
     ) -> int:
         result = protocol.read_result(files["result"])
         where = result.node if result is not None else ""
+        record.image = plan.image_label
+        if result is not None:
+            assert record.slurm is not None
+            record.slurm["node"] = result.node or None
+            record.image_id = result.image_id or None
+            record.image_digest = result.image_digest or None
         notice(logger, _("slurm job ended", job_id=job_id, state=state, node=where,
                          exit_code=result.exit_code if result else None,
                          image_digest=result.image_digest if result else None))  # fmt: skip
@@ -345,6 +380,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             result.cpu_seconds,
             result.samples,
         )
+        self._record_outcome(record, outcome)
         self._report_usage(logger, outcome)
         code = outcome.exit.code
         if not self.success_exit_code(code):

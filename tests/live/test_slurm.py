@@ -170,6 +170,14 @@ def test_scatter_runs_as_slurm_jobs_on_the_node_store(slurm: SlurmRun) -> None:
     ).stdout.strip()  # fmt: skip
     assert digest.startswith("sha256:")
     assert task_logs.count(f'image_digest: "{digest}"') == 5
+    # each attempt's usage record, with its Slurm job, node and time in the queue
+    recs = [json.loads(p.read_text()) for p in _files(res.run_dir, "usage.1.json")]
+    assert len(recs) == 5
+    for rec in recs:
+        assert rec["backend"] == "podman_rootless_slurm" and rec["exit_code"] == 0
+        assert rec["slurm"]["state"] == "COMPLETED" and rec["slurm"]["node"]
+        assert rec["slurm"]["job_id"].isdigit() and rec["image_digest"] == digest
+        assert rec["seconds"]["waiting"] >= 0 and rec["seconds"]["container"] > 0
 
 
 def test_names_with_every_byte_on_the_node(slurm: SlurmRun, tmp_path: Path) -> None:
