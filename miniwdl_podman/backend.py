@@ -25,7 +25,6 @@ from . import plan as plan_mod
 from ._logging import notice
 from .base import PodmanTaskContainer
 from .engine import pool_size_for
-from .errors import BackendError
 from .runtime import Runtime, open_runtime
 
 
@@ -37,6 +36,7 @@ class PodmanRootless(PodmanTaskContainer):
     _scheduler: ClassVar[Optional[budget.Scheduler]] = None
     _limits_lock: ClassVar[threading.Lock] = threading.Lock()
     _limits_notice_done: ClassVar[bool] = False
+    backend_name: ClassVar[str] = "podman_rootless"
 
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
@@ -117,19 +117,8 @@ class PodmanRootless(PodmanTaskContainer):
                 )
         return limits
 
-    def _run(self, logger: logging.Logger, terminating: Callable[[], bool], command: str) -> int:
-        runtime, scheduler = self._runtime, self._scheduler
-        if runtime is None or scheduler is None:
-            raise BackendError("podman_rootless backend used before global_init")
-        self._pace_retry(logger, terminating)
-        record = self._new_record("podman_rootless")
-        try:
-            code = self._attempt(logger, terminating, command, record)
-        except BaseException as exn:
-            self._write_record(logger, record, exn)
-            raise
-        self._write_record(logger, record)
-        return code
+    def _ready(self) -> bool:
+        return self._runtime is not None and self._scheduler is not None
 
     def _attempt(
         self,

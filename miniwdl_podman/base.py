@@ -169,14 +169,45 @@ class PodmanTaskContainer(TaskContainer):
             limits=limits,
         )
 
-    # -- the usage record ------------------------------------------------------------------
+    # -- one attempt ------------------------------------------------------------------------
 
-    def _new_record(self, backend: str) -> usage_record.AttemptRecord:
-        """This attempt's usage record, with what the task asks for (written by
-        :meth:`_write_record` whatever the attempt's end)."""
+    # the backend's name, as its usage records and errors give it
+    backend_name: ClassVar[str] = ""
+
+    def _ready(self) -> bool:
+        """Whether ``global_init`` assembled what ``_attempt`` needs."""
+        raise NotImplementedError
+
+    def _attempt(
+        self,
+        logger: logging.Logger,
+        terminating: Callable[[], bool],
+        command: str,
+        record: usage_record.AttemptRecord,
+    ) -> int:
+        """Run the attempt's container (the backend's own job); fill ``record`` as it goes."""
+        raise NotImplementedError
+
+    def _run(self, logger: logging.Logger, terminating: Callable[[], bool], command: str) -> int:
+        """miniwdl's hook: pace a retry, run the attempt, and write its usage record whatever
+        its end."""
+        if not self._ready():
+            raise BackendError(f"{self.backend_name} backend used before global_init")
+        self._pace_retry(logger, terminating)
+        record = self._new_record()
+        try:
+            code = self._attempt(logger, terminating, command, record)
+        except BaseException as exn:
+            self._write_record(logger, record, exn)
+            raise
+        self._write_record(logger, record)
+        return code
+
+    def _new_record(self) -> usage_record.AttemptRecord:
+        """This attempt's usage record, with what the task asks for."""
         rv = self.runtime_values
         return usage_record.AttemptRecord(
-            backend=backend,
+            backend=self.backend_name,
             run_id=self.run_id,
             attempt=self.try_counter,
             started=time.time(),

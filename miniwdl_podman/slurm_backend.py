@@ -34,7 +34,7 @@ from . import settings as settings_mod
 from . import slurm as slurm_mod
 from ._logging import notice
 from .base import PodmanTaskContainer
-from .errors import BackendError, ContainerFailed
+from .errors import ContainerFailed
 from .host import own_start_time
 from .plan import TaskPlan
 
@@ -50,6 +50,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
     _slurm_settings: ClassVar[Optional[settings_mod.SlurmSettings]] = None
     _watcher: ClassVar[Optional[slurm_mod.JobWatcher]] = None
     _slurm_limits: ClassVar[Dict[str, int]] = {}
+    backend_name: ClassVar[str] = "podman_rootless_slurm"
 
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
@@ -136,19 +137,8 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
 
     # -- per task ---------------------------------------------------------------------------
 
-    def _run(self, logger: logging.Logger, terminating: Any, command: str) -> int:
-        if self._slurm is None or self._watcher is None or self._slurm_settings is None:
-            raise BackendError("podman_rootless_slurm backend used before global_init")
-        self._pace_retry(logger, terminating)
-        record = self._new_record("podman_rootless_slurm")
-        record.slurm = {"job_id": None, "node": None, "state": None}
-        try:
-            code = self._attempt(logger, terminating, command, record)
-        except BaseException as exn:
-            self._write_record(logger, record, exn)
-            raise
-        self._write_record(logger, record)
-        return code
+    def _ready(self) -> bool:
+        return not (self._slurm is None or self._watcher is None or self._slurm_settings is None)
 
     def _attempt(
         self,
@@ -157,6 +147,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         command: str,
         record: usage_record.AttemptRecord,
     ) -> int:
+        record.slurm = {"job_id": None, "node": None, "state": None}
         slurm, watcher = self._slurm, self._watcher
         settings, ss = self.settings(), self._slurm_settings
         assert slurm is not None and watcher is not None and ss is not None
