@@ -84,7 +84,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         if storage:
             os.makedirs(storage, mode=0o700, exist_ok=True)
         # coordination: one pull/build per image among the user's jobs on this node
-        runtime = open_runtime(settings, logger, pool_size=8)
+        # an image staged in the shared store is run from there (the login side pinned it)
+        pinned = {job.plan.image: job.staged} if job.staged is not None else {}
+        runtime = open_runtime(settings, logger, pool_size=8, pinned=pinned)
 
         with runtime.launcher.start(job.plan, logger) as task:
             with open(job.started, "w") as out:

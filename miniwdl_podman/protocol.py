@@ -27,10 +27,11 @@ from .host import write_json_atomic
 from .identity import IdentityError
 from .plan import TaskPlan
 from .settings import Settings
+from .shared_store import Staged
 
 # 2: error kinds are protocol names ("image-pull", ...), not class names; 3: a result names
-# the image the node ran (id and digest)
-FORMAT = 3
+# the image the node ran (id and digest); 4: a job names the image staged in the shared store
+FORMAT = 4
 FILES = ("json", "result", "started", "claim", "log")
 
 
@@ -91,6 +92,8 @@ class Job:
     result: str
     started: str
     claim: str
+    # the plan's image as the login side staged it in the shared store (None: the node gets it)
+    staged: Optional[Staged] = None
 
 
 def job_files(base: str) -> Dict[str, str]:
@@ -99,7 +102,12 @@ def job_files(base: str) -> Dict[str, str]:
 
 
 def write_job(
-    base: str, plan: TaskPlan, settings: Settings, storage: str = "", runtime_dir: str = ""
+    base: str,
+    plan: TaskPlan,
+    settings: Settings,
+    storage: str = "",
+    runtime_dir: str = "",
+    staged: Optional[Staged] = None,
 ) -> Dict[str, str]:
     """Write the job file that ``node-run`` reads (``BASE.json``) for one task attempt, and
     clear what an earlier job of that attempt left; the paths of the attempt's files."""
@@ -119,6 +127,7 @@ def write_job(
             "result": files["result"],
             "started": files["started"],
             "claim": files["claim"],
+            "staged": asdict(staged) if staged is not None else None,
         },
     )
     return files
@@ -151,6 +160,7 @@ def read_job(path: str) -> Job:
             result=str(raw["result"]),
             started=str(raw["started"]),
             claim=str(raw["claim"]),
+            staged=Staged(**_strict(Staged, raw["staged"])) if raw.get("staged") else None,
         )
     except (KeyError, TypeError, ValueError) as exn:
         raise _refuse("job file", path, raw, f"cannot be read ({exn})") from None

@@ -26,6 +26,7 @@ from . import settings as settings_mod
 from . import workflow_images
 from .errors import BackendError
 from .runtime import open_runtime
+from .shared_store import SharedStore
 
 
 def run(
@@ -63,8 +64,10 @@ def run(
             print(f"?  {use.where}: {use.unknown}")
     if not images and not dockerfiles:
         return 0
+    shared = SharedStore(settings.shared_store) if settings.shared_store else None
     try:
-        runtime = open_runtime(settings, logger, reap=False)
+        # staging into a shared store reads the user's own store; the service needs no other
+        runtime = open_runtime(settings, logger, reap=False, shared=shared is None)
     except BackendError as exn:
         print(f"miniwdl-podman pull: {exn}", file=sys.stderr)
         return 1
@@ -72,6 +75,10 @@ def run(
     try:
         for image in images:
             try:
+                if shared is not None:
+                    staged = runtime.engine.stage(image, shared, logger)
+                    print(f"{image} → {staged.digest or staged.id} (shared store)")
+                    continue
                 ref = runtime.engine.images.ensure(image, logger)
                 print(f"{image} → {ref.digest or ref.id}")
             except (BackendError, DownloadFailed) as exn:  # a pull failure is a DownloadFailed

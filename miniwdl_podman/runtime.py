@@ -11,11 +11,12 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import ContextManager, Optional
+from typing import Callable, ContextManager, List, Mapping, Optional, Tuple
 
 from . import budget, host, identity, launch, podman_facts
 from .engine import Engine
 from .settings import Settings
+from .shared_store import SharedStore, Staged
 
 
 @dataclass(frozen=True)
@@ -44,25 +45,51 @@ def coordination_dir(settings: Settings) -> Optional[str]:
     return budget.ensure_private_dir(settings.coordination_dir or host.private_dir(os.geteuid()))
 
 
+def shared_images(
+    settings: Settings, pinned: Optional[Mapping[str, Staged]] = None
+) -> Tuple[List[str], Callable[[str], Optional[Staged]]]:
+    """The shared image stores a service is to read, and the image each name stands for there:
+    the ``pinned`` images alone (a Slurm job: the login side chose them), else every store in
+    ``shared_store`` as it is now (an image staged later is not seen by this process)."""
+    if pinned is not None:
+        return [p.store for p in pinned.values()], lambda name: pinned.get(name)
+    if not settings.shared_store:
+        return [], lambda _name: None
+    shared = SharedStore(settings.shared_store)
+    stores = shared.stores()
+    readable = set(stores)
+
+    def find(name: str) -> Optional[Staged]:
+        staged = shared.find(name)
+        return staged if staged is not None and staged.store in readable else None
+
+    return stores, find
+
+
 def open_runtime(
     settings: Settings,
     logger: logging.Logger,
     pool_size: int = 16,
     reap: bool = True,
     cached_facts: bool = True,
+    pinned: Optional[Mapping[str, Staged]] = None,
+    shared: bool = True,
 ) -> Runtime:
     """Connect to Podman (the user's socket or a private service) and assemble the runtime;
     with ``reap``, remove containers that dead runs on this host left (in the background: the
     first task need not wait for it; finished before the process exits); without
-    ``cached_facts``, the service's facts are asked even where a cache holds them (doctor)."""
+    ``cached_facts``, the service's facts are asked even where a cache holds them (doctor).
+    The service reads the shared image stores (:func:`shared_images`) unless not ``shared``
+    (the Slurm login side, which only stages into them)."""
     coordination = coordination_dir(settings)
+    stores, find = shared_images(settings, pinned) if shared else ([], lambda _name: None)
 
     def image_lock(image: str) -> ContextManager[object]:
         if coordination is None:
             return contextlib.nullcontext()
         return budget.image_lock(coordination, image)
 
-    engine = Engine(settings, pool_size, image_lock)
+    engine = Engine(settings, pool_size, image_lock, stores, find)
     try:
         engine.connect(logger, cached_facts)
         if reap:

@@ -43,6 +43,8 @@ DESCRIPTIONS: Dict[str, str] = {
     "wait_fast_seconds": "for how long a task is checked every wait_interval",
     "wait_interval_long": "how often it is checked after that",
     "pull": "missing: pull only absent images; always; never",
+    "shared_store": "shared read-only image store (a directory on the shared file system);"
+    " empty: none",
     "network": "container network mode; empty: Podman's rootless default; none: no network",
     "init": "run an init process in the container so signals reach the command",
     "selinux": "disable: no labels, nothing relabelled; shared (z); private (Z); none",
@@ -84,6 +86,7 @@ class Settings:
     wait_fast_seconds: float = 5.0
     wait_interval_long: str = "500ms"
     pull: str = "missing"
+    shared_store: str = ""
     network: str = ""
     init: bool = True
     selinux: str = "disable"
@@ -193,6 +196,14 @@ def _str_list(name: str, value: str) -> Tuple[str, ...]:
     return tuple(parsed)
 
 
+def _absolute(name: str, value: str) -> str:
+    """An absolute directory path (``~`` expanded), or empty."""
+    path = os.path.expanduser(value) if value else ""
+    if path and not os.path.isabs(path):
+        raise _invalid(name, value, "expected an absolute path such as /shared/podman-images")
+    return path
+
+
 def from_mapping(
     raw: Dict[str, str],
     command_shell: str = "/bin/bash",
@@ -213,6 +224,7 @@ def from_mapping(
         "wait_fast_seconds": _number("wait_fast_seconds", get("wait_fast_seconds")),
         "wait_interval_long": _duration("wait_interval_long", get("wait_interval_long")),
         "pull": _choice("pull", get("pull"), PULL_POLICIES),
+        "shared_store": _absolute("shared_store", get("shared_store")),
         "network": get("network"),
         "init": _bool("init", get("init")),
         "selinux": _choice("selinux", get("selinux"), SELINUX_MODES),

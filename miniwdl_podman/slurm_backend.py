@@ -18,6 +18,7 @@ import atexit
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -33,10 +34,13 @@ from . import __version__, exits, protocol, usage_record
 from . import settings as settings_mod
 from . import slurm as slurm_mod
 from ._logging import notice
+from ._once import Once
 from .base import PodmanTaskContainer
 from .errors import ContainerFailed
 from .host import own_start_time
 from .plan import TaskPlan
+from .runtime import Runtime, open_runtime
+from .shared_store import SharedStore, Staged
 
 # how long a finished job's result file may take to show on the login node (NFS caching)
 _RESULT_GRACE = 60.0
@@ -51,6 +55,11 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
     _watcher: ClassVar[Optional[slurm_mod.JobWatcher]] = None
     _slurm_limits: ClassVar[Dict[str, int]] = {}
     backend_name: ClassVar[str] = "podman_rootless_slurm"
+    # shared_store: each image staged (or found) once per run, and every task of the run pinned
+    # to that one; the login node's Podman is opened only to stage
+    _staged: ClassVar[Once[Staged]] = Once()
+    _stager: ClassVar[Optional[Runtime]] = None
+    _stager_lock: ClassVar[threading.Lock] = threading.Lock()
 
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
@@ -156,6 +165,9 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         minutes = int(self.runtime_values.get("time_minutes", 0)) or ss.time_minutes
         # Slurm enforces cpu/memory on the job; Podman is asked for no limits of its own
         plan = self._task_plan(logger, command, limits={})
+        staged = None
+        if settings.shared_store and plan.image:
+            staged = self._shared_image(plan.image, logger)
         jobdir = os.path.join(self.host_dir, "slurm")
         os.makedirs(jobdir, exist_ok=True)
         files = protocol.write_job(
@@ -164,6 +176,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             settings,
             storage=ss.node_storage,
             runtime_dir=ss.node_runtime_dir,
+            staged=staged,
         )
         comment = slurm_mod.job_comment(
             os.getpid(), own_start_time(), socket.gethostname(), uuid.uuid4().hex[:12]
@@ -195,6 +208,26 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             record.seconds["container"] = round(ended - self._running_at, 3)
         record.slurm.update(job_id=job_id, state=state)
         return self._conclude(logger, job_id, state, files, plan, mem, minutes, record)
+
+    @classmethod
+    def _shared_image(cls, image: str, logger: logging.Logger) -> Staged:
+        """``image`` in the shared store, the same for every task of this run: found in its
+        index, else staged from this login node (opening this node's Podman once)."""
+        settings = cls.settings()
+        shared = SharedStore(settings.shared_store)
+
+        def find_or_stage() -> Staged:
+            found = shared.find(image) if settings.pull != "always" else None
+            if found is not None:
+                logger.info(_("image in shared store", image=image, id=found.id[:12]))
+                return found
+            with cls._stager_lock:
+                if cls._stager is None:
+                    cls._stager = open_runtime(settings, logger, reap=False, shared=False)
+                    atexit.register(cls._stager.close, logger)
+            return cls._stager.engine.stage(image, shared, logger)
+
+        return cls._staged.get(image, find_or_stage)[0]
 
     def _wait(
         self,

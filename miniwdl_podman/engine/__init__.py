@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, ContextManager, Dict, List, Optional
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence
 
 from ..podman_facts import PodmanFacts
 from ..settings import Settings
+from ..shared_store import SharedStore, Staged
 from . import processes
+from . import stage as stage_mod
 from .connection import Connection, ping
 from .containers import Containers, Running
 from .images import INLINE_REPO, ImageRef, Images
@@ -47,12 +49,16 @@ class Engine:
         settings: Settings,
         pool_size: int = 32,
         image_lock: Callable[[str], ContextManager[object]] = _no_lock,
+        image_stores: Sequence[str] = (),
+        shared: Callable[[str], Optional[Staged]] = lambda _name: None,
     ) -> None:
         self.settings = settings
-        self.connection = Connection(settings, pool_size)
+        # image_stores: read-only stores the service is given (shared_store); shared: the image
+        # a name stands for there
+        self.connection = Connection(settings, pool_size, image_stores)
         self.containers = Containers(self.connection)
         # image_lock: held around a pull (the caller's cross-process lock)
-        self.images = Images(self.connection, self.containers, image_lock)
+        self.images = Images(self.connection, self.containers, image_lock, shared)
 
     def connect(self, logger: logging.Logger, cached_facts: bool = True) -> None:
         """Find the user's API socket or start a private service; read its facts (a warm
@@ -74,6 +80,11 @@ class Engine:
     @property
     def source(self) -> str:
         return self.connection.source
+
+    def stage(self, image: str, shared: SharedStore, logger: logging.Logger) -> Staged:
+        """``image`` in the shared image store: found there, or had and staged
+        (:func:`.stage.stage`)."""
+        return stage_mod.stage(self.connection, self.images, shared, image, logger)
 
     def unshare_chown(self, paths: List[str]) -> Optional[str]:
         """Give ``paths`` back to the invoking user (``podman unshare chown``); error or None."""

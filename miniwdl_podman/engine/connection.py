@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from podman import PodmanClient
 from podman.errors import APIError
@@ -26,6 +26,8 @@ from .. import _backoff, podman_facts, storage
 from .._logging import notice
 from ..errors import PodmanUnavailable
 from ..settings import SECTION, Settings
+from ..shared_store import IMAGE_STORE_DRIVERS, storage_options
+from . import processes
 from .processes import SOCKET_NAME, runtime_base, unusable_environment, unusable_runtime_dir
 from .services import PrivateService, WarmService, service_key
 
@@ -124,8 +126,12 @@ def candidate(settings: Settings, environ: Mapping[str, str]) -> Tuple[Optional[
 class Connection:
     """One Podman API service and the process's client to it."""
 
-    def __init__(self, settings: Settings, pool_size: int = 32) -> None:
+    def __init__(
+        self, settings: Settings, pool_size: int = 32, image_stores: Sequence[str] = ()
+    ) -> None:
         self.settings = settings
+        # additional read-only image stores (shared_store) given to a private service
+        self.image_stores = tuple(image_stores)
         self.pool_size = max(16, pool_size)
         self.url = ""
         self.source = ""
@@ -153,7 +159,13 @@ class Connection:
                 " private service. To run tasks on other hosts, use the podman_rootless_slurm"
                 " backend"
             )
-        if s.service != "private" and url and ping(url):
+        if self.image_stores and s.service == "external":
+            raise PodmanUnavailable(
+                f"[{SECTION}] shared_store needs a Podman service that the backend starts (it"
+                f" is given the shared image stores), but [{SECTION}] service = external; set"
+                f" service = auto, or leave shared_store empty"
+            )
+        if s.service != "private" and not self.image_stores and url and ping(url):
             self.url, self.source = url, source
         elif s.service == "external":
             raise PodmanUnavailable(
@@ -167,7 +179,10 @@ class Connection:
                 f" or set [{SECTION}] service = auto to let the backend start a private one"
             )
         else:
-            if url and s.service == "auto":
+            if self.image_stores:
+                logger.info(_("a private service reads the shared image stores",
+                              stores=len(self.image_stores)))  # fmt: skip
+            elif url and s.service == "auto":
                 logger.info(_("podman socket not answering; starting a private service", url=url))
             unusable = unusable_runtime_dir(os.environ)
             if unusable is not None:
@@ -193,16 +208,17 @@ class Connection:
                     )
                 )
             base = runtime_base(s, os.environ)
+            late = self._store_args if self.image_stores else None
             if s.service_idle > 0:
-                key = service_key(s.podman, s.service_args, s.service_idle)
-                warm = WarmService(s.podman, base, s.service_args, s.service_idle, key)
+                key = service_key(s.podman, [*s.service_args, *self.image_stores], s.service_idle)
+                warm = WarmService(s.podman, base, s.service_args, s.service_idle, key, late)
                 self._private = warm
                 warm.start(ping, s.service_start_timeout)
                 self.source = (
                     "private service (warm, reused)" if warm.reused else ("private service (warm)")
                 )
             else:
-                self._private = PrivateService(s.podman, base, s.service_args)
+                self._private = PrivateService(s.podman, base, s.service_args, late)
                 self._private.start(ping, s.service_start_timeout)
                 self.source = "private service"
             self.url = self._private.url
@@ -293,6 +309,20 @@ class Connection:
                     return True
                 time.sleep(_backoff.delay(0, 0.5, 0.5))
             return False
+
+    def _store_args(self) -> List[str]:
+        """The service's ``--storage-opt`` arguments for the shared image stores (the user's own
+        driver options kept: Podman drops them when given any)."""
+        s = self.settings
+        driver, options = processes.storage_facts(s.podman, list(s.service_args))
+        if driver not in IMAGE_STORE_DRIVERS:
+            raise PodmanUnavailable(
+                f"[{SECTION}] shared_store needs the overlay storage driver, and your Podman"
+                f' store uses {driver or "an unknown driver"}; set driver = "overlay" in'
+                " ~/.config/containers/storage.conf (`miniwdl-podman doctor --fix` does), or"
+                " leave shared_store empty"
+            )
+        return storage_options(driver, options, list(self.image_stores))
 
     def request(
         self, method: str, path: str, logger: logging.Logger, retries: int = 4, **kwargs: Any

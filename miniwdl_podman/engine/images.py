@@ -31,6 +31,7 @@ from .._logging import notice
 from .._once import Once
 from ..errors import GENERIC_HINT, ContainerFailed, ImagePullFailed, PodmanUnavailable, hint_for
 from ..settings import SECTION
+from ..shared_store import Staged
 from .connection import _UNBOUNDED, Connection, _explain, is_panic, podman_fault
 from .containers import Containers
 
@@ -100,8 +101,11 @@ class Images:
         conn: Connection,
         containers: Containers,
         image_lock: Callable[[str], ContextManager[object]],
+        shared: Callable[[str], Optional[Staged]] = lambda _name: None,
     ) -> None:
         self.conn = conn
+        # the image a name stands for in the shared store (one the service reads), if any
+        self.shared = shared
         self.containers = containers
         self.settings = conn.settings
         # held around a pull: the caller's cross-process lock (one pull of an image per user)
@@ -115,6 +119,11 @@ class Images:
         if not first:
             logger.info(_("image ready", image=image, id=ref.id[:12], waited=time.monotonic() - t0))
         return ref
+
+    def fetch(self, image: str, logger: logging.Logger) -> ImageRef:
+        """``image`` in the user's own store (the pull policy applies; the shared store is not
+        looked at): what is staged into the shared store."""
+        return self._resolve(image, logger, shared=False)
 
     def local(self, ref: str, logger: logging.Logger) -> Optional[ImageRef]:
         """The image ``ref`` (name or id) in the local store, or None; retried like every
@@ -148,13 +157,24 @@ class Images:
                 return ref
         return ImageRef(id=str(candidates[0]["Id"])) if candidates else None
 
-    def _resolve(self, image: str, logger: logging.Logger) -> ImageRef:
+    def _resolve(self, image: str, logger: logging.Logger, shared: bool = True) -> ImageRef:
         try:
             references.validate(image)
         except Exception as exn:
             raise ImagePullFailed(image, str(exn)) from None
         policy = self.settings.pull
         try:
+            staged = self.shared(image) if shared else None
+            if staged is not None:
+                ref = self.local(staged.id, logger)
+                if ref is not None:
+                    logger.info(_("image in shared store", image=image, id=ref.id[:12],
+                                  user=ref.user, store=staged.store))  # fmt: skip
+                    return ImageRef(ref.id, ref.user, staged.digest or ref.digest)
+                logger.warning(
+                    _("image staged in the shared store but not readable there; using your own"
+                      " store", image=image, store=staged.store)
+                )  # fmt: skip
             if policy != "always":
                 local = self.local(image, logger)
                 if local:

@@ -9,12 +9,14 @@ service's socket goes under :func:`runtime_base`, a 0700 directory of the user's
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pwd
 import shutil
 import stat
 import subprocess
-from typing import Dict, List, Mapping, Optional
+import sys
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import PodmanUnavailable
 from ..host import private_dir
@@ -153,4 +155,75 @@ def unshare_chown(podman_exe: str, paths: List[str]) -> Optional[str]:
             return str(exn)
         if proc.returncode != 0:
             return proc.stderr.strip() or f"exit status {proc.returncode}"
+    return None
+
+
+def storage_facts(podman_exe: str, args: List[str]) -> Tuple[str, Dict[str, Any]]:
+    """The storage driver and its options as Podman reads them with these global options
+    (``podman info``: the files and defaults every Podman process resolves, on this host).
+    Raise PodmanUnavailable naming what failed."""
+    exe = shutil.which(podman_exe) or podman_exe
+    try:
+        proc = subprocess.run(
+            [exe, *args, "info", "--format", "json"],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=120,
+            env=podman_environ(os.environ),
+        )
+        store = (json.loads(proc.stdout) or {}).get("store") or {} if proc.returncode == 0 else {}
+    except (OSError, subprocess.SubprocessError, ValueError) as exn:
+        raise PodmanUnavailable(
+            f"`podman info` failed: {exn}; check that it works as you"
+        ) from None
+    if proc.returncode != 0:
+        tail = " | ".join(ln.strip() for ln in proc.stderr.splitlines()[-3:] if ln.strip())
+        raise PodmanUnavailable(
+            f"`podman info` failed (exit status {proc.returncode}): {tail}; check that it works"
+            " as you"
+        )
+    return str(store.get("graphDriverName") or ""), dict(store.get("graphOptions") or {})
+
+
+# run inside `podman unshare` (the user's rootless user and mount namespace, where Podman's
+# storage mounts live): lazily unmount every mount at or under argv[1] (a store's driver leaves
+# its graph directory mounted on itself there), then remove argv[2:]
+_RELEASE = r"""
+import os, shutil, subprocess, sys
+top = os.path.realpath(sys.argv[1])
+def unescape(f):
+    return f.encode().decode("unicode_escape") if "\\" in f else f
+points = []
+with open("/proc/self/mountinfo") as info:
+    for line in info:
+        point = unescape(line.split()[4])
+        if point == top or point.startswith(top + "/"):
+            points.append(point)
+for point in sorted(set(points), key=len, reverse=True):
+    subprocess.run(["umount", "-l", point], capture_output=True)
+for path in sys.argv[2:]:
+    shutil.rmtree(path)
+"""
+
+
+def unshare_release(podman_exe: str, top: str, remove: Sequence[str] = ()) -> Optional[str]:
+    """Release what Podman's storage left mounted under ``top`` in the user's rootless mount
+    namespace, then remove the trees ``remove`` (which may hold files of the user's subordinate
+    ids), from inside ``podman unshare``; error or None."""
+    exe = shutil.which(podman_exe) or podman_exe
+    try:
+        proc = subprocess.run(
+            [exe, "unshare", sys.executable, "-c", _RELEASE, top, *remove],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=3600,
+            env=podman_environ(os.environ),
+        )
+    except (OSError, subprocess.SubprocessError) as exn:
+        return str(exn)
+    if proc.returncode:
+        lines = [ln.strip() for ln in proc.stderr.splitlines() if ln.strip()]
+        return lines[-1] if lines else f"exit status {proc.returncode}"
     return None

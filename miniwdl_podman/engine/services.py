@@ -52,9 +52,17 @@ _MAX_SOCKET_PATH = 107
 class PrivateService:
     """A ``podman system service`` owned by this process, on a socket in a private directory."""
 
-    def __init__(self, podman_exe: str, base_dir: str, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        podman_exe: str,
+        base_dir: str,
+        args: Sequence[str] = (),
+        late_args: Optional[Callable[[], Sequence[str]]] = None,
+    ) -> None:
         self.podman_exe = podman_exe
         self.args = list(args)  # global podman options, e.g. --root/--runroot
+        # more of them, worked out only when the service is really started (they cost time)
+        self._late_args = late_args
         self._answering = False
         # the socket path must fit in sockaddr_un: check before making anything
         longest = os.path.join(base_dir, self._dir_name_pattern(), SOCKET_NAME)
@@ -105,6 +113,13 @@ class PrivateService:
                 f" podman) or set [{SECTION}] podman to its path, or [{SECTION}] socket to a"
                 " running service's socket"
             )
+        if self._late_args is not None:
+            try:
+                self.args += list(self._late_args())
+            except PodmanUnavailable:
+                self.cleanup()
+                raise
+            self._late_args = None
         with open(self.log_path, "wb") as log:
             self._proc = self._spawn(exe, log)
         started = time.monotonic()
@@ -207,14 +222,20 @@ class WarmService(PrivateService):
     """
 
     def __init__(
-        self, podman_exe: str, base_dir: str, args: Sequence[str], idle: float, key: str
+        self,
+        podman_exe: str,
+        base_dir: str,
+        args: Sequence[str],
+        idle: float,
+        key: str,
+        late_args: Optional[Callable[[], Sequence[str]]] = None,
     ) -> None:
         self.idle = idle
         self.reused = False
         self.info_from = ""
         self._base_dir = base_dir
         self._key = key
-        super().__init__(podman_exe, base_dir, args)
+        super().__init__(podman_exe, base_dir, args, late_args)
 
     def _dir_name_pattern(self) -> str:
         return f"miniwdl-podman-warm-{self._key}"

@@ -11,9 +11,12 @@ import json
 import os
 import shutil
 import signal
+import socket
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -331,3 +334,41 @@ def snapshot(paths: List[Path]) -> Dict[str, Any]:
                 st.st_mtime_ns,
             )
     return ans
+
+
+class RegistryRelay:
+    """A TCP relay from 127.0.0.1:5001 (insecure in the test bed's registries.conf.d) to the
+    test bed's registry: a registry that is down until :meth:`start`."""
+
+    def __init__(self, target: Tuple[str, int]) -> None:
+        self.target = target
+        self.server: Optional[socketserver.ThreadingTCPServer] = None
+
+    def start(self) -> None:
+        target = self.target
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                with socket.create_connection(target) as upstream:
+
+                    def pump(src: socket.socket, dst: socket.socket) -> None:
+                        with contextlib.suppress(OSError):
+                            while data := src.recv(65536):
+                                dst.sendall(data)
+                        with contextlib.suppress(OSError):
+                            dst.shutdown(socket.SHUT_WR)
+
+                    back = threading.Thread(target=pump, args=(upstream, self.request))
+                    back.start()
+                    pump(self.request, upstream)
+                    back.join()
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 5001), Pipe)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()

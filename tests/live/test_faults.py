@@ -10,13 +10,11 @@ import re
 import shutil
 import signal
 import socket
-import socketserver
 import subprocess
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List
 
 import pytest
 
@@ -26,6 +24,7 @@ from .conftest import (
     PULL_IMAGE,
     REGISTRY,
     Miniwdl,
+    RegistryRelay,
     containers_under,
     foreign_owned,
     podman,
@@ -523,44 +522,6 @@ def test_malformed_image_name_fails_with_one_line(miniwdl: Miniwdl) -> None:
     assert "pulling image" not in res.log()
 
 
-class _Relay:
-    """A TCP relay from 127.0.0.1:5001 (insecure in the test bed's registries.conf.d) to the
-    test bed's registry: a registry that is down until :meth:`start`."""
-
-    def __init__(self, target: Tuple[str, int]) -> None:
-        self.target = target
-        self.server: Optional[socketserver.ThreadingTCPServer] = None
-
-    def start(self) -> None:
-        target = self.target
-
-        class Pipe(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                with socket.create_connection(target) as upstream:
-
-                    def pump(src: socket.socket, dst: socket.socket) -> None:
-                        with contextlib.suppress(OSError):
-                            while data := src.recv(65536):
-                                dst.sendall(data)
-                        with contextlib.suppress(OSError):
-                            dst.shutdown(socket.SHUT_WR)
-
-                    back = threading.Thread(target=pump, args=(upstream, self.request))
-                    back.start()
-                    pump(self.request, upstream)
-                    back.join()
-
-        socketserver.ThreadingTCPServer.allow_reuse_address = True
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 5001), Pipe)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-
 RETRIED_WDL = """
 version 1.0
 task t {
@@ -583,7 +544,7 @@ def test_registry_down_for_the_first_attempt_is_asked_again_by_the_retry(
     host, _, port = REGISTRY.partition(":")
     image = "127.0.0.1:5001/miniwdl-podman-test/pullme:2"
     podman("rmi", "-f", image, check=False)
-    relay = _Relay((host, int(port)))
+    relay = RegistryRelay((host, int(port)))
     proc, run_dir = miniwdl.start(
         RETRIED_WDL, f"image={image}", env={"MINIWDL__PODMAN_ROOTLESS__RETRY_WAIT": "3"}
     )
