@@ -29,12 +29,14 @@ from .conftest import (
     RunResult,
     containers_under,
     foreign_owned,
+    podman,
     private_auth_file,
     snapshot,
 )
 from .test_doctor_hpc import FOREIGN_XDG
 from .test_identity_mounts import EVERY_BYTE_WDL, check_every_byte_run, every_byte_inputs
 from .test_resources import TIMED_WDL, _max_overlap
+from .test_shared_store import RELAYED_IMAGE, relay, staged_images
 
 pytestmark = [pytest.mark.podman, pytest.mark.slurm]
 
@@ -857,3 +859,43 @@ def test_node_side_pull_failure_comes_back_as_a_download_error(slurm: SlurmRun) 
     assert "cannot pull container image" in line and "no-such-image" in line
     assert "(on " in line and "Slurm job" in line
     assert res.error is not None and res.error["cause"]["error"] == "ImagePullFailed"
+
+
+def test_a_scatter_runs_on_the_node_from_the_shared_store(
+    slurm: SlurmRun, tmp_path: Path, short_dir: Path
+) -> None:
+    """With shared_store, the run stages the image from the login node at its first use (its
+    registry already gone: the user's own copy serves), and every job runs it from the shared
+    store, pinned to that one image, on an empty node store of its own that gets no image."""
+    shared = short_dir / "shared"
+    up = relay()
+    up.start()
+    try:
+        podman("pull", "--tls-verify=false", RELAYED_IMAGE)
+    finally:
+        up.stop()
+    try:
+        res = slurm.run(
+            INDEXED_SCATTER_WDL, "n=3", f"image={RELAYED_IMAGE}",
+            env={"MINIWDL__PODMAN_ROOTLESS__SHARED_STORE": str(shared),
+                 "MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_STORAGE": str(short_dir / "s-%j")},
+            args=["--verbose"],
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert res.outputs["w.got"] == [0, 1, 2]
+        ((image_id, _meta),) = staged_images(shared).items()
+        assert res.log().count("image staged in shared store") == 1
+        node_logs = [p.read_text() for p in _files(res.run_dir, "slurm/try1.log")]
+        assert len(node_logs) == 3
+        assert all(f"image in shared store :: image: \"{RELAYED_IMAGE}\", id: \"{image_id[:12]}\""
+                   in log for log in node_logs)  # fmt: skip
+        assert not any("pulling image" in log for log in node_logs)
+        stores = list(short_dir.glob("s-*"))
+        assert len(stores) == 3
+        for store in stores:  # the node stores hold no image of their own
+            index = store / "root" / "overlay-images" / "images.json"
+            assert not index.exists() or json.loads(index.read_text()) == [], index
+    finally:
+        podman("rmi", "-f", RELAYED_IMAGE, check=False)
+        for made in [*short_dir.glob("s-*"), shared]:
+            subprocess.run(["podman", "unshare", "rm", "-rf", str(made)], capture_output=True)

@@ -30,6 +30,7 @@ def test_defaults_are_documented_and_match_the_dataclass() -> None:
         ("init", "maybe", "expected true or false"),
         ("gpu_concurrency", "-1", "expected a whole number >= 0"),
         ("gpu_concurrency", "two", "expected a whole number >= 0"),
+        ("shared_store", "images/shared", "expected an absolute path"),
     ],
 )
 def test_invalid_values_name_option_and_env_var(option: str, value: str, needle: str) -> None:
