@@ -1,6 +1,6 @@
 """The shared read-only image store (``[podman_rootless] shared_store``): its layout on disk,
 the name index, and the rules that keep it whole. No Podman here: the engine's
-:mod:`~miniwdl_podman.engine.staging_service` fills a staging directory, this module makes it
+:mod:`~miniwdl_podman.engine.stage` fills a staging directory, this module makes it
 visible.
 
 Layout, under the shared directory::

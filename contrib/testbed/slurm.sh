@@ -41,6 +41,10 @@ cpus=8
 mem_mb=65536
 install -d /etc/slurm
 install -d -o slurm -g slurm /var/spool/slurmctld /var/spool/slurmd /var/log/slurm
+# the site Epilog of the README (removes a job's node store), with the pattern the tests use
+install -d /etc/slurm/epilog.d
+install -m 755 "$here/../slurm/epilog.sh" /etc/slurm/epilog.d/miniwdl-podman.sh
+printf 'NODE_STORAGE=/tmp/mwp-epi-%%u-%%j\n' > /etc/default/miniwdl-podman-epilog
 cat > /etc/slurm/slurm.conf <<CONF
 # written by miniwdl_podman contrib/testbed/slurm.sh: one host is controller and node
 ClusterName=miniwdl-podman-test
@@ -63,6 +67,7 @@ SlurmdParameters=config_overrides
 # quick kills and a short memory of finished jobs, for the fault tests
 KillWait=5
 MinJobAge=300
+Epilog=/etc/slurm/epilog.d/miniwdl-podman.sh
 # a feature, for runtime.slurm_constraint
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb Features=mwp-test State=UNKNOWN
 # preemption: a job in "urgent" cancels jobs of "main" it needs room from (PREEMPTED)

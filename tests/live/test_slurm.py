@@ -4,6 +4,7 @@ Slurm cluster, in rootless Podman on the node's own store, and Slurm's faults.""
 from __future__ import annotations
 
 import getpass
+import glob
 import itertools
 import json
 import os
@@ -899,3 +900,24 @@ def test_a_scatter_runs_on_the_node_from_the_shared_store(
         podman("rmi", "-f", RELAYED_IMAGE, check=False)
         for made in [*short_dir.glob("s-*"), shared]:
             subprocess.run(["podman", "unshare", "rm", "-rf", str(made)], capture_output=True)
+
+
+def test_the_site_epilog_removes_each_jobs_node_store(slurm: SlurmRun) -> None:
+    """The README's Epilog (contrib/slurm/epilog.sh; the test bed installs it with
+    NODE_STORAGE=/tmp/mwp-epi-%u-%j) removes each job's own node store once the job ends."""
+    stores = f"/tmp/mwp-epi-{getpass.getuser()}-*"
+    proc, run_dir = slurm.start(
+        SLEEPY_WDL, "n=2", "seconds=4", f"image={PULL_IMAGE}",
+        env={"MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_STORAGE": "/tmp/mwp-epi-%u-%j"},
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: len(_started(run_dir)) == 2, what="both jobs to run")
+        job_ids = re.findall(r'slurm job submitted :: job_id: "(\d+)"', _task_logs(run_dir))
+        seen = {Path(p).name for p in glob.glob(stores)}
+        assert {f"mwp-epi-{getpass.getuser()}-{j}" for j in job_ids} <= seen, (job_ids, seen)
+        _finish(proc)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    _wait_for(lambda: not (set(Path(p).name for p in glob.glob(stores)) & seen), timeout=90,
+              what="the Epilog to remove the jobs' node stores")  # fmt: skip
