@@ -5,8 +5,9 @@ Reads the WDL document and its inputs as ``miniwdl run`` does, finds the images
 ``podman_rootless`` backend uses (the same ``[podman_rootless]`` settings and runtime: pull
 policy, private service, registries), building inline Dockerfiles the same way; with
 ``shared_store`` set it stages each image into that shared store instead
-(:mod:`~miniwdl_podman.shared_store`). Prints ``IMAGE → DIGEST`` for each, lists the ones only the run can know, and fails naming every image
-that cannot be had, so a run never finds out halfway through a scatter.
+(:mod:`~miniwdl_podman.shared_store`). Prints ``IMAGE → DIGEST`` for each, lists the ones only
+the run can know, and fails naming every image that cannot be had, so a run never finds out
+halfway through a scatter.
 """
 
 from __future__ import annotations
