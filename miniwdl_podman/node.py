@@ -22,11 +22,12 @@ import signal
 import socket
 import sys
 import threading
+from dataclasses import replace
 from typing import Any, List, Optional
 
 from WDL.runtime.error import Terminated
 
-from . import protocol
+from . import pins, protocol
 from .runtime import Runtime, open_runtime
 from .settings import node_path, node_settings
 
@@ -39,6 +40,19 @@ def _logger() -> logging.Logger:
     logger.setLevel(logging.INFO)
     logging.addLevelName(logging.INFO + 5, "NOTICE")
     return logger
+
+
+def _pinned(
+    runtime: Runtime, directory: str, image: str, logger: logging.Logger, stop: threading.Event
+) -> str:
+    """The reference this job runs for ``image``: the digest the run's first job got for that
+    tag (:mod:`~miniwdl_podman.pins`), or the tag itself when this job is that first one."""
+
+    def fetch() -> str:
+        ref = runtime.engine.images.ensure(image, logger)
+        return pins.digest_for(image, ref.repo_digests, ref.digest)
+
+    return pins.RunPins(directory).resolve(image, fetch, logger, give_up=stop.is_set)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -88,14 +102,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         pinned = {job.plan.image: job.staged} if job.staged is not None else {}
         runtime = open_runtime(settings, logger, pool_size=8, pinned=pinned)
 
-        with runtime.launcher.start(job.plan, logger) as task:
+        plan = job.plan
+        if job.pins and job.staged is None and pins.pinnable(plan.image):
+            plan = replace(plan, image=_pinned(runtime, job.pins, plan.image, logger, stop))
+        with runtime.launcher.start(plan, logger) as task:
             with open(job.started, "w") as out:
                 out.write(node)
             while (outcome := task.wait(1.0)) is None:
                 if stop.is_set():
                     task.kill()
                     raise Terminated()
-        runtime.launcher.settle_ownership(job.plan.writable, logger)
+        runtime.launcher.settle_ownership(plan.writable, logger)
         result = protocol.Result(
             node=node,
             exit_code=outcome.exit.code,

@@ -30,7 +30,8 @@ from .settings import Settings
 from .shared_store import Staged
 
 # 2: error kinds are protocol names ("image-pull", ...), not class names; 3: a result names
-# the image the node ran (id and digest); 4: a job names the image staged in the shared store
+# the image the node ran (id and digest); 4: a job names the image staged in the shared store,
+# and the run's pin directory
 FORMAT = 4
 FILES = ("json", "result", "started", "claim", "log")
 
@@ -94,6 +95,8 @@ class Job:
     claim: str
     # the plan's image as the login side staged it in the shared store (None: the node gets it)
     staged: Optional[Staged] = None
+    # the run's pin directory (pin_digests; "" : each job resolves its tag itself)
+    pins: str = ""
 
 
 def job_files(base: str) -> Dict[str, str]:
@@ -108,6 +111,7 @@ def write_job(
     storage: str = "",
     runtime_dir: str = "",
     staged: Optional[Staged] = None,
+    pins: str = "",
 ) -> Dict[str, str]:
     """Write the job file that ``node-run`` reads (``BASE.json``) for one task attempt, and
     clear what an earlier job of that attempt left; the paths of the attempt's files."""
@@ -128,6 +132,7 @@ def write_job(
             "started": files["started"],
             "claim": files["claim"],
             "staged": asdict(staged) if staged is not None else None,
+            "pins": pins,
         },
     )
     return files
@@ -161,6 +166,7 @@ def read_job(path: str) -> Job:
             started=str(raw["started"]),
             claim=str(raw["claim"]),
             staged=Staged(**_strict(Staged, raw["staged"])) if raw.get("staged") else None,
+            pins=str(raw.get("pins") or ""),
         )
     except (KeyError, TypeError, ValueError) as exn:
         raise _refuse("job file", path, raw, f"cannot be read ({exn})") from None

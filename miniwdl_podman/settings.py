@@ -161,13 +161,15 @@ _TRUE = ("true", "t", "yes", "y", "1", "on")
 _FALSE = ("false", "f", "no", "n", "0", "off")
 
 
-def _bool(name: str, value: str) -> bool:
+def _bool(name: str, value: str, section: str = SECTION) -> bool:
     v = value.strip().lower()
     if v in _TRUE:
         return True
     if v in _FALSE:
         return False
-    raise _invalid(name, value, "expected true or false (or yes/no, 1/0, t/f, y/n, on/off)")
+    raise _invalid(
+        name, value, "expected true or false (or yes/no, 1/0, t/f, y/n, on/off)", section
+    )
 
 
 def _count(name: str, value: str, section: str = SECTION) -> int:
@@ -282,6 +284,7 @@ SLURM_DESCRIPTIONS: Dict[str, str] = {
     "submit_timeout": "seconds to keep retrying sbatch while Slurm's controller is away",
     "pending_timeout": "seconds a job may stay pending for one reason before its task fails;"
     " 0: as long as Slurm keeps it",
+    "pin_digests": "every job of a run gets the image the run's first job got for a tag",
 }
 
 
@@ -298,6 +301,7 @@ class SlurmSettings:
     sbatch: str = "sbatch"
     submit_timeout: float = 300.0
     pending_timeout: float = 0.0
+    pin_digests: bool = True
 
 
 SLURM_DEFAULTS: Dict[str, Tuple[str, str]] = {
@@ -334,6 +338,7 @@ def slurm_from_mapping(raw: Dict[str, str]) -> SlurmSettings:
         sbatch=get("sbatch") or "sbatch",
         submit_timeout=_number("submit_timeout", get("submit_timeout"), SLURM_SECTION),
         pending_timeout=_seconds_or_zero("pending_timeout", get("pending_timeout"), SLURM_SECTION),
+        pin_digests=_bool("pin_digests", get("pin_digests"), SLURM_SECTION),
     )
 
 

@@ -60,6 +60,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
     _staged: ClassVar[Once[Staged]] = Once()
     _stager: ClassVar[Optional[Runtime]] = None
     _stager_lock: ClassVar[threading.Lock] = threading.Lock()
+    _pins: ClassVar[Optional[str]] = None  # the run's pin directory, once the first task knows
 
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
@@ -177,6 +178,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             storage=ss.node_storage,
             runtime_dir=ss.node_runtime_dir,
             staged=staged,
+            pins=self._pins_dir() if ss.pin_digests and staged is None else "",
         )
         comment = slurm_mod.job_comment(
             os.getpid(), own_start_time(), socket.gethostname(), uuid.uuid4().hex[:12]
@@ -208,6 +210,23 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             record.seconds["container"] = round(ended - self._running_at, 3)
         record.slurm.update(job_id=job_id, state=state)
         return self._conclude(logger, job_id, state, files, plan, mem, minutes, record)
+
+    def _pins_dir(self) -> str:
+        """The run's pin directory (``pin_digests``): ``.miniwdl-podman/pins`` in the run's top
+        directory (the highest one above this task's with a ``workflow.log``; a task run's own),
+        the same for every task of this process."""
+        cls = type(self)
+        with cls._stager_lock:
+            if cls._pins is None:
+                top, here = self.host_dir, self.host_dir
+                for _level in range(64):
+                    here = os.path.dirname(here)
+                    if os.path.isfile(os.path.join(here, "workflow.log")):
+                        top = here
+                    if here == os.path.dirname(here):
+                        break
+                cls._pins = os.path.join(top, ".miniwdl-podman", "pins")
+            return cls._pins
 
     @classmethod
     def _shared_image(cls, image: str, logger: logging.Logger) -> Staged:

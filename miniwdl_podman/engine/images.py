@@ -18,7 +18,7 @@ import os
 import tarfile
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 from podman import PodmanClient
 from podman.errors import APIError, BuildError, NotFound
@@ -47,6 +47,7 @@ class ImageRef:
     id: str
     user: str = ""
     digest: str = ""
+    repo_digests: Tuple[str, ...] = ()  # ``repository@digest`` for each repository it came from
 
 
 class ImageProbe:
@@ -143,6 +144,7 @@ class Images:
             id=str(attrs["Id"]),
             user=str((attrs.get("Config") or {}).get("User") or ""),
             digest=str(attrs.get("Digest") or ""),
+            repo_digests=tuple(str(d) for d in attrs.get("RepoDigests") or ()),
         )
 
     def smallest_local(self, logger: logging.Logger) -> Optional[ImageRef]:

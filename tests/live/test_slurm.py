@@ -22,6 +22,7 @@ import pytest
 from miniwdl_podman import slurm as slurm_mod
 
 from .conftest import (
+    BASE_IMAGE,
     INDEXED_SCATTER_WDL,
     PRIVATE_IMAGE,
     PULL_IMAGE,
@@ -921,3 +922,58 @@ def test_the_site_epilog_removes_each_jobs_node_store(slurm: SlurmRun) -> None:
     assert proc.returncode == 0
     _wait_for(lambda: not (set(Path(p).name for p in glob.glob(stores)) & seen), timeout=90,
               what="the Epilog to remove the jobs' node stores")  # fmt: skip
+
+
+TWO_STEPS_WDL = """
+version 1.0
+workflow w {
+    input { String image }
+    call t as first { input: image = image, after = "" }
+    call t as second { input: image = image, after = first.out }
+}
+task t {
+    input {
+        String image
+        String after
+    }
+    command <<< sleep 3; echo done >>>
+    output { String out = read_string(stdout()) }
+    runtime { docker: image }
+}
+"""
+
+
+@pytest.mark.parametrize("pin", [True, False])
+def test_a_tag_pushed_anew_mid_run_does_not_change_the_runs_image(
+    slurm: SlurmRun, short_dir: Path, pin: bool
+) -> None:
+    """pin_digests: the run's first job records the digest it got for the tag; a later job, on
+    an empty node store of its own, after the tag was pushed anew, runs that same image (by
+    digest). With pin_digests = false the later job gets the new image."""
+    moving = f"{REGISTRY}/miniwdl-podman-test/moving-{os.getpid()}-{int(pin)}:1"
+    other = "localhost/miniwdl-podman/user-nobody:2"
+    first_id, other_id = (json.loads(podman("image", "inspect", i).stdout)[0]["Id"]
+                          for i in (BASE_IMAGE, other))  # fmt: skip
+    podman("push", "--tls-verify=false", BASE_IMAGE, moving)
+    proc, run_dir = slurm.start(
+        TWO_STEPS_WDL, f"image={moving}",
+        env={"MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_STORAGE": str(short_dir / "s-%j"),
+             "MINIWDL__PODMAN_ROOTLESS_SLURM__PIN_DIGESTS": str(pin).lower()},
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: len(_started(run_dir)) == 1, what="the first job to run")
+        pinned = [p for p in run_dir.glob("*/.miniwdl-podman/pins/*.json") if "_LAST" not in str(p)]
+        assert len(pinned) == (1 if pin else 0), pinned
+        podman("push", "--tls-verify=false", other, moving)
+        _finish(proc)
+    finally:
+        proc.kill()
+        for made in short_dir.glob("s-*"):
+            subprocess.run(["podman", "unshare", "rm", "-rf", str(made)], capture_output=True)
+    ran = [json.loads(next(run_dir.glob(f"*/call-{c}/usage.1.json")).read_text())["image_id"]
+           for c in ("first", "second")]  # fmt: skip
+    assert ran == [first_id, first_id if pin else other_id], (ran, first_id, other_id)
+    if pin:
+        assert "image pinned for the run :: " in "".join(
+            p.read_text() for p in _files(run_dir, "slurm/try1.log")
+        )
