@@ -154,6 +154,7 @@ class PodmanRootless(PodmanTaskContainer):
                 started = time.monotonic()
                 record.image, record.image_id = plan.image_label, task.image.id
                 record.image_digest = task.image.digest or None
+                record.seconds["image"] = round(task.image_seconds, 3)
                 cleanup.enter_context(self.task_running_context())
                 while (outcome := task.wait(1.0)) is None:
                     poll_stderr()

@@ -11,9 +11,11 @@ what to ask for is decided in :mod:`~miniwdl_podman.plan`.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import threading
 import time
 from typing import Any, Callable, ClassVar, Dict, Iterator, Optional
 
@@ -23,7 +25,7 @@ from WDL.runtime import config
 from WDL.runtime.error import Terminated
 from WDL.runtime.task_container import TaskContainer
 
-from . import _backoff, errors, exits, mounts, usage_record
+from . import _backoff, errors, exits, mounts, report, usage_record
 from . import plan as plan_mod
 from . import settings as settings_mod
 from ._logging import notice
@@ -37,7 +39,11 @@ class PodmanTaskContainer(TaskContainer):
     _init_error: ClassVar[Optional[BackendError]] = None
     _selinux_enforcing: ClassVar[bool] = False
 
+    _top: ClassVar[Optional[str]] = None  # the run's top directory, once a task knows it
+    _top_lock: ClassVar[threading.Lock] = threading.Lock()
+
     _bind_input_files: bool = True
+    _last_failure: Optional[str] = None  # how the attempt before this one ended (for a retry)
 
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
@@ -194,14 +200,36 @@ class PodmanTaskContainer(TaskContainer):
         if not self._ready():
             raise BackendError(f"{self.backend_name} backend used before global_init")
         self._pace_retry(logger, terminating)
+        self._run_top()
         record = self._new_record()
+        record.retry_reason = self._last_failure if self.try_counter > 1 else None
         try:
             code = self._attempt(logger, terminating, command, record)
         except BaseException as exn:
+            self._last_failure = f"{type(exn).__name__}: {str(exn)[:300]}"
             self._write_record(logger, record, exn)
             raise
+        self._last_failure = "out of memory" if record.oom_killed else f"exit status {code}"
         self._write_record(logger, record)
         return code
+
+    def _run_top(self) -> str:
+        """The run's top directory: the highest one above this task's with a ``workflow.log``
+        (a task run's own directory otherwise); the same for every task of the process. The
+        first task to ask also arranges the run's usage summary at exit."""
+        base = PodmanTaskContainer
+        with base._top_lock:
+            if base._top is None:
+                top, here = self.host_dir, self.host_dir
+                for _level in range(64):
+                    here = os.path.dirname(here)
+                    if os.path.isfile(os.path.join(here, "workflow.log")):
+                        top = here
+                    if here == os.path.dirname(here):
+                        break
+                base._top = top
+                atexit.register(_log_run_usage, top, logging.getLogger("miniwdl-podman"))
+            return base._top
 
     def _new_record(self) -> usage_record.AttemptRecord:
         """This attempt's usage record, with what the task asks for."""
@@ -285,3 +313,14 @@ class PodmanTaskContainer(TaskContainer):
             tail, disk_full=full, selinux_enforcing=self._selinux_enforcing, selinux=selinux
         ):
             logger.error(_(message, work_dir=self.host_work_dir(), free_bytes=free))
+
+
+def _log_run_usage(top: str, logger: logging.Logger) -> None:
+    """At the end of the process: one line summing up the run's usage records, naming the
+    report command (best effort: a run directory that cannot be read says nothing)."""
+    try:
+        attempts = report.gather(top)
+        if attempts:
+            notice(logger, _("run usage", **report.log_line(report.summarize(top, attempts))))
+    except Exception as exn:  # never fail miniwdl's exit over a summary
+        logger.debug(_("no run usage summary", error=str(exn)))

@@ -2,6 +2,7 @@
 
 - ``doctor`` (checks, ``--fix``, ``--json``, ``--cfg``),
 - ``pull`` (get every image a workflow may use, up front),
+- ``report`` (a run's usage: one HTML page, and a TSV),
 - ``version`` (also ``--version``),
 - ``node-run`` (the Slurm backend's node helper, started by each task's job; not for people).
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from dataclasses import asdict
 from typing import List, Optional
@@ -70,6 +72,44 @@ def _pull(args: argparse.Namespace) -> int:
     from . import pull
 
     return pull.run(args.wdl, args.inputs, args.input_file, args.task, args.cfg)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from . import report, report_html
+
+    run_dir = args.run_dir
+    if not os.path.isdir(run_dir):
+        print(f"miniwdl-podman report: {run_dir} is not a directory (give a run's directory,"
+              " e.g. the one `miniwdl run` printed, or its _LAST link)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    run_dir = os.path.realpath(run_dir)
+    attempts = report.gather(run_dir)
+    if not attempts:
+        print(f"miniwdl-podman report: no task of {run_dir} has a usage record (usage.N.json:"
+              " written by the podman_rootless backends for each task attempt)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    summary = report.summarize(run_dir, attempts)
+    out = args.output or os.path.join(run_dir, "report.html")
+    try:
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(report_html.page(summary, attempts))
+        if args.tsv:
+            report.write_tsv(args.tsv, attempts)
+    except OSError as exn:
+        print(f"miniwdl-podman report: cannot write {exn.filename}: {exn.strerror}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    state = (
+        "finished" if summary.finished else ("in progress" if summary.running else "not finished")
+    )
+    print(f"{out}: {summary.tasks} tasks, {summary.attempts} attempts ({state}),"
+          f" {summary.cpu_hours_used:.3f} of {summary.cpu_hours_reserved:.3f} CPU-hours"
+          " reserved used")  # fmt: skip
+    if args.tsv:
+        print(f"{args.tsv}: one row per attempt")
+    return 0
 
 
 def _version(_args: argparse.Namespace) -> int:
@@ -132,6 +172,19 @@ def parser() -> argparse.ArgumentParser:
     pull.add_argument("--task", help="the task to use, for a document of several tasks")
     pull.add_argument("--cfg", metavar="FILE", help="miniwdl configuration file")
     pull.set_defaults(run=_pull)
+
+    rep = sub.add_parser(
+        "report",
+        help="a run's usage report: one HTML page (and a TSV) from its tasks' usage records",
+        description="Write a self-contained HTML report of a run (finished or in progress):"
+        " what every task asked for, used and waited for, with plots and a timeline; and, with"
+        " --tsv, one row per attempt. Exit status 1 when the run has no usage record.",
+    )
+    rep.add_argument("run_dir", metavar="RUN_DIR", help="the run's directory (or its _LAST link)")
+    rep.add_argument("-o", "--output", metavar="FILE", help="the HTML file (default:"
+                     " RUN_DIR/report.html)")  # fmt: skip
+    rep.add_argument("--tsv", metavar="FILE", help="also write one row per attempt here")
+    rep.set_defaults(run=_report)
 
     version = sub.add_parser("version", help="print the version", description="Print the version.")
     version.set_defaults(run=_version)

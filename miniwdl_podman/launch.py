@@ -117,7 +117,9 @@ class Launcher:
         put back when the run is closed."""
         prepared = staging.prepare(plan, logger)
         try:
+            t0 = time.monotonic()
             facts = self.image_facts(plan, logger)
+            image_seconds = time.monotonic() - t0
             # the image this task runs, for the record: every task of the process that names
             # the same image runs the same one (resolved once; the container is made from its
             # id, so a tag moved meanwhile changes nothing)
@@ -126,7 +128,9 @@ class Launcher:
                 _("task image", image=plan.image_label, id=facts.id[:12], digest=facts.digest),
             )
             spec, _ident = self.spec(plan, facts, logger, prepared.aliases)
-            return TaskRun(self.engine.containers.start(spec, logger), prepared, facts)
+            run = TaskRun(self.engine.containers.start(spec, logger), prepared, facts)
+            run.image_seconds = image_seconds
+            return run
         except BaseException:
             prepared.close()
             raise
@@ -168,6 +172,7 @@ class TaskRun:
         self.container = container
         self.prepared = prepared
         self.image = image  # what the container runs
+        self.image_seconds = 0.0  # getting it (pull, build, probe; 0: this process had it)
         self._t0 = time.monotonic()
         self._pid = -1
         self._tracker = usage.UsageTracker()

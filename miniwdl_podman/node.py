@@ -122,6 +122,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             samples=outcome.samples,
             image_id=task.image.id,
             image_digest=task.image.digest,
+            image_seconds=round(task.image_seconds, 3),
         )
     except Terminated:
         result = protocol.Result(node=node, terminated=True)

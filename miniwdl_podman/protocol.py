@@ -227,6 +227,7 @@ class Result:
     message: str = ""
     image_id: str = ""  # the image the container ran (empty: none ran)
     image_digest: str = ""
+    image_seconds: float = 0.0  # getting it on the node (pull, build, probe)
 
     def write(self, path: str) -> None:
         write_json_atomic(path, {"format": FORMAT, "package": __version__, **asdict(self)})

@@ -60,7 +60,6 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
     _staged: ClassVar[Once[Staged]] = Once()
     _stager: ClassVar[Optional[Runtime]] = None
     _stager_lock: ClassVar[threading.Lock] = threading.Lock()
-    _pins: ClassVar[Optional[str]] = None  # the run's pin directory, once the first task knows
 
     @classmethod
     def global_init(cls, cfg: config.Loader, logger: logging.Logger) -> None:
@@ -213,20 +212,8 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
 
     def _pins_dir(self) -> str:
         """The run's pin directory (``pin_digests``): ``.miniwdl-podman/pins`` in the run's top
-        directory (the highest one above this task's with a ``workflow.log``; a task run's own),
-        the same for every task of this process."""
-        cls = type(self)
-        with cls._stager_lock:
-            if cls._pins is None:
-                top, here = self.host_dir, self.host_dir
-                for _level in range(64):
-                    here = os.path.dirname(here)
-                    if os.path.isfile(os.path.join(here, "workflow.log")):
-                        top = here
-                    if here == os.path.dirname(here):
-                        break
-                cls._pins = os.path.join(top, ".miniwdl-podman", "pins")
-            return cls._pins
+        directory (:meth:`_run_top`)."""
+        return os.path.join(self._run_top(), ".miniwdl-podman", "pins")
 
     @classmethod
     def _shared_image(cls, image: str, logger: logging.Logger) -> Staged:
@@ -380,6 +367,11 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             record.slurm["node"] = result.node or None
             record.image_id = result.image_id or None
             record.image_digest = result.image_digest or None
+            # the node got the image before the container started: not time in the queue
+            record.seconds["image"] = result.image_seconds
+            if record.seconds["waiting"] is not None:
+                waiting = record.seconds["waiting"] - result.image_seconds
+                record.seconds["waiting"] = round(max(0.0, waiting), 3)
         notice(logger, _("slurm job ended", job_id=job_id, state=state, node=where,
                          exit_code=result.exit_code if result else None,
                          image_digest=result.image_digest if result else None))  # fmt: skip

@@ -10,13 +10,17 @@ known is ``null``):
 - ``requested``: ``cpu``, ``memory_bytes``, ``memory_limit_bytes``, ``gpu`` (runtime values);
 - ``limits``: the hard limits Podman was asked to set (``cpu``, ``memory_bytes``; empty where the
   host enforces none);
-- ``seconds``: ``waiting`` (for the scheduler's resources, locally; in Slurm's queue, on
-  Slurm), ``container`` (from the container's start to its end), ``total`` (the attempt);
+- ``seconds``: ``waiting`` (for the scheduler's resources, locally; in Slurm's queue and the
+  node helper's start, on Slurm), ``image`` (getting the image: pull, build, probe; 0 when the
+  process already had it), ``container`` (from the container's start to its end), ``total``
+  (the attempt);
 - ``started``, ``ended``: Unix times of the attempt;
 - ``exit_code``, ``oom_killed``, ``peak_rss_bytes``, ``cpu_seconds``, ``samples`` (usage sampled
   about once a second from the container's processes; 0 samples: it ended within a second);
 - ``error``: the error that ended the attempt without an exit status (its type and message);
-- ``slurm`` (the Slurm backend only): ``job_id``, ``node``, ``state``.
+- ``slurm`` (the Slurm backend only): ``job_id``, ``node``, ``state``;
+- ``retry_reason``: for a retry, how the attempt before it ended (``exit status 1``, ``out of
+  memory``, or its error), else null.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ class AttemptRecord:
     image_digest: Optional[str] = None
     limits: Dict[str, int] = field(default_factory=dict)
     seconds: Dict[str, Optional[float]] = field(
-        default_factory=lambda: {"waiting": None, "container": None, "total": None}
+        default_factory=lambda: {"waiting": None, "image": None, "container": None, "total": None}
     )
     ended: Optional[float] = None
     exit_code: Optional[int] = None
@@ -55,6 +59,7 @@ class AttemptRecord:
     samples: Optional[int] = None
     error: Optional[str] = None
     slurm: Optional[Dict[str, Any]] = None
+    retry_reason: Optional[str] = None
 
     def write(self, task_dir: str, ended: float) -> str:
         """Write ``usage.N.json`` in ``task_dir`` (atomically); its path."""

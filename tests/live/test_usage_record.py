@@ -58,17 +58,19 @@ def test_each_attempt_leaves_its_usage_record(miniwdl: Miniwdl) -> None:
     assert rec["samples"] >= 1 and rec["peak_rss_bytes"] > 0
     seconds = rec["seconds"]
     assert seconds["waiting"] >= 0 and 1.5 <= seconds["container"] <= seconds["total"]
-    assert rec["started"] < rec["ended"]
+    assert 0 <= seconds["image"] < seconds["total"]
+    assert rec["started"] < rec["ended"] and rec["retry_reason"] is None
 
 
 def test_a_failed_command_and_its_retry_each_leave_a_record(miniwdl: Miniwdl) -> None:
     """A command that fails (exit 3) under maxRetries 1: usage.1.json and usage.2.json, each
-    with the exit status."""
+    with the exit status; the retry's record says why it was retried."""
     res = miniwdl.run(WDL, f"image={BASE_IMAGE}", "code=3",
                       env={"MINIWDL__PODMAN_ROOTLESS__RETRY_WAIT": "0"})  # fmt: skip
     assert res.returncode != 0
     recs = records(res.run_dir)
     assert [(r["attempt"], r["exit_code"]) for r in recs] == [(1, 3), (2, 3)]
+    assert [r["retry_reason"] for r in recs] == [None, "exit status 3"]
 
 
 def test_an_attempt_ended_by_an_error_records_it(miniwdl: Miniwdl) -> None:
@@ -79,3 +81,5 @@ def test_an_attempt_ended_by_an_error_records_it(miniwdl: Miniwdl) -> None:
     recs = records(res.run_dir)
     assert recs and all(r["exit_code"] is None for r in recs)
     assert all(r["error"].startswith("ImagePullFailed: ") and missing in r["error"] for r in recs)
+    assert recs[0]["retry_reason"] is None
+    assert all(r["retry_reason"].startswith("ImagePullFailed: ") for r in recs[1:])

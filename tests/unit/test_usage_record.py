@@ -18,5 +18,6 @@ def test_a_record_is_written_beside_the_task_log_with_its_format(tmp_path: Path)
     assert path == str(tmp_path / "usage.2.json")
     data = json.loads(Path(path).read_text())
     assert (data["format"], data["package"], data["attempt"]) == (1, __version__, 2)
-    assert data["seconds"] == {"waiting": 0.5, "container": None, "total": 3.25}
+    assert data["seconds"] == {"waiting": 0.5, "image": None, "container": None, "total": 3.25}
+    assert data["retry_reason"] is None
     assert data["exit_code"] is None and data["slurm"] is None and data["requested"]["cpu"] == 2
