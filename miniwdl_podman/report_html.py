@@ -104,7 +104,7 @@ def memory_plot(attempts: Sequence[Attempt]) -> str:
     tasks = [a for a in _last_attempts(attempts) if a.peak_rss is not None or a.memory_requested]
     shown = tasks[:MAX_ROWS]
     top = max([a.memory_requested or 0 for a in shown] + [a.peak_rss or 0 for a in shown] + [1])
-    scale = (_W - _LABEL - 90) / top
+    scale = (_W - _LABEL - 150) / top
     body = []
     for i, a in enumerate(shown):
         y = 24 + i * _ROW
@@ -126,8 +126,8 @@ def memory_plot(attempts: Sequence[Attempt]) -> str:
         )
     legend = (
         '<rect x="0" y="4" width="12" height="12" fill="#c5cae9"/><text x="16" y="14">asked'
-        ' (runtime.memory)</text><rect x="150" y="7" width="12" height="6" fill="#283593"/>'
-        '<text x="166" y="14">peak RSS</text>'
+        ' (runtime.memory)</text><rect x="190" y="7" width="12" height="6" fill="#283593"/>'
+        '<text x="206" y="14">peak RSS</text>'
     )
     height = 30 + len(shown) * _ROW
     return _svg("plot-memory", "Memory: asked for vs peak, per task", height, [legend, *body],
@@ -139,7 +139,7 @@ def cpu_plot(attempts: Sequence[Attempt]) -> str:
     tasks = [a for a in _last_attempts(attempts) if a.cpu_efficiency is not None]
     shown = tasks[:MAX_ROWS]
     top = max([a.cpu_efficiency or 0.0 for a in shown] + [1.0])
-    scale = (_W - _LABEL - 60) / top
+    scale = (_W - _LABEL - 70) / top
     body = []
     for i, a in enumerate(shown):
         y = 24 + i * _ROW
@@ -157,7 +157,7 @@ def cpu_plot(attempts: Sequence[Attempt]) -> str:
     body.append(
         f'<line x1="{full:.1f}" x2="{full:.1f}" y1="18" y2="{height}" stroke="#999"'
         ' stroke-dasharray="3,3"/>'
-        f'<text x="{full + 3:.1f}" y="14">100% of runtime.cpu</text>'
+        f'<text x="{full:.1f}" y="14" text-anchor="middle">100% of runtime.cpu</text>'
     )
     return _svg("plot-cpu", "CPU efficiency per task (CPU seconds / reserved)", height, body,
                 _cut_note(len(tasks)))  # fmt: skip

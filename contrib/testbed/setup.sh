@@ -25,7 +25,8 @@ else
     pkgs=(podman runc uidmap slirp4netns fuse-overlayfs catatonit busybox-static python3-venv)
     # crun too (runc is the runtime used): doctor's tests configure it to prove the crun diagnosis
     pkgs+=(crun)
-    [ $minimal = 1 ] || pkgs+=(docker-registry)
+    # the loopback registries; Chromium for the report page's browser test
+    [ $minimal = 1 ] || pkgs+=(docker-registry chromium)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

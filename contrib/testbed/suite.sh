@@ -4,6 +4,7 @@
 # subuids and the tun_denied tests with /dev/net/tun made unusable. Any skip counts as a failure,
 # and so does a container left behind. Extra arguments go to pytest.
 #   --no-slurm   leave out the tests of the Slurm cluster (a lane: the cluster runs on the host)
+#                and the browser test of the report page (Chromium is installed on the host)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
@@ -14,7 +15,7 @@ slurm=1
 if [ "${1:-}" = "--no-slurm" ]; then
     shift
     slurm=0
-    markers="$markers and not slurm"
+    markers="$markers and not slurm and not browser"
 fi
 tb_user_facts
 pytest=(python -m pytest -p no:cacheprovider --fail-on-skip)
