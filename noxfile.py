@@ -67,6 +67,18 @@ def package(session: nox.Session) -> None:
     if len(wheels) != 1 or len(sdists) != 1:
         session.error(f"expected one wheel and one sdist in {dist}: {os.listdir(dist)}")
     session.run("twine", "check", "--strict", *(os.path.join(dist, f) for f in wheels + sdists))
+    # every file the README names is in the sdist (the package index shows the README, whose
+    # file references are not links there)
+    import re
+    import tarfile
+
+    with tarfile.open(os.path.join(dist, sdists[0])) as sdist:
+        members = {m.split("/", 1)[-1] for m in sdist.getnames()}
+    with open("README.md", encoding="utf-8") as f:
+        named = set(re.findall(r"`((?:contrib|docs)/[\w./-]+\.\w+|CHANGELOG\.md)`", f.read()))
+    absent = sorted(n for n in named if n not in members)
+    if absent:
+        session.error(f"files the README names are missing from the sdist: {absent}")
     work = tempfile.mkdtemp(prefix="miniwdl-podman-wheel-")
     venv = os.path.join(work, "venv")
     # virtualenv (nox's own dependency): Debian's python3 has no ensurepip without python3-venv
