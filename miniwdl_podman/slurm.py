@@ -318,6 +318,78 @@ def parse_scontrol(text: str) -> Dict[str, str]:
 
 
 @dataclass(frozen=True)
+class Accounting:
+    """What Slurm's accounting (``sacct``) recorded of a finished job: it outlives the
+    controller's memory of the job (``MinJobAge``)."""
+
+    state: str = ""  # the allocation's final state, e.g. COMPLETED ("" : not recorded)
+    exit_code: str = ""  # Slurm's EXIT:SIGNAL
+    node: str = ""
+    max_rss_bytes: Optional[int] = None  # the largest of its steps'
+    total_cpu_seconds: Optional[float] = None
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def slurm_size(text: str) -> Optional[int]:
+    """``sacct``'s sizes (``1234K``, ``1.5G``; bare: bytes) in bytes; None when empty."""
+    text = text.strip()
+    if not text:
+        return None
+    unit = text[-1].upper() if text[-1].isalpha() else ""
+    try:
+        return int(float(text[: len(text) - len(unit)]) * _SIZE_UNITS[unit])
+    except (KeyError, ValueError):
+        return None
+
+
+def slurm_duration(text: str) -> Optional[float]:
+    """``sacct``'s durations (``[DD-][HH:]MM:SS[.mmm]``) in seconds; None when empty."""
+    text = text.strip()
+    if not text:
+        return None
+    days = 0
+    if "-" in text:
+        d, _, text = text.partition("-")
+        days = int(d) if d.isdigit() else 0
+    try:
+        parts = [float(p) for p in text.split(":")]
+    except ValueError:
+        return None
+    seconds = 0.0
+    for p in parts:
+        seconds = seconds * 60 + p
+    return days * 86400 + seconds
+
+
+def parse_sacct(text: str, job_id: str) -> Optional[Accounting]:
+    """``sacct -n -P -o JobID,State,ExitCode,NodeList,MaxRSS,TotalCPU -j ID`` output: the
+    allocation's line and its steps' (``ID.batch``...), or None if the job is not there."""
+    state = exit_code = node = ""
+    rss: Optional[int] = None
+    cpu: Optional[float] = None
+    seen = False
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 6:
+            continue
+        jid, st, code, where, max_rss, total_cpu = parts[:6]
+        if jid == job_id:
+            seen = True
+            state = st.split()[0] if st.strip() else ""  # "CANCELLED by 1001"
+            exit_code, node = code, where
+            cpu = slurm_duration(total_cpu)
+        elif jid.startswith(job_id + "."):
+            step = slurm_size(max_rss)
+            if step is not None:
+                rss = step if rss is None else max(rss, step)
+    if not seen:
+        return None
+    return Accounting(state, exit_code, node, rss, cpu)
+
+
+@dataclass(frozen=True)
 class JobState:
     """What Slurm says of a job."""
 
@@ -389,7 +461,8 @@ def _clean_env() -> Dict[str, str]:
 
 
 class Slurm:
-    """Runs ``sbatch``, ``squeue``, ``scancel`` and ``sinfo`` (found beside ``sbatch``)."""
+    """Runs ``sbatch``, ``squeue``, ``scancel``, ``scontrol``, ``sacct`` and ``sinfo`` (found
+    beside ``sbatch``)."""
 
     def __init__(self, settings: SlurmSettings) -> None:
         exe = shutil.which(settings.sbatch)
@@ -402,6 +475,7 @@ class Slurm:
         self.sbatch_exe = exe
         self.bin_dir = os.path.dirname(exe)
         self.submit_timeout = settings.submit_timeout
+        self._no_accounting = False
 
     def _exe(self, name: str) -> str:
         beside = os.path.join(self.bin_dir, name)
@@ -515,6 +589,22 @@ class Slurm:
         if proc.returncode != 0:
             raise subprocess.SubprocessError(proc.stderr.strip())
         return parse_squeue(proc.stdout)
+
+    def accounting(self, job_id: str) -> Optional[Accounting]:
+        """What ``sacct`` recorded of the job; None when the cluster keeps no accounting
+        (remembered: not asked again), sacct fails, or the job is not recorded (yet)."""
+        if self._no_accounting:
+            return None
+        try:
+            fields = "JobID,State,ExitCode,NodeList,MaxRSS,TotalCPU"
+            proc = self._run("sacct", ["-n", "-P", "-j", job_id, "-o", fields])
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if proc.returncode != 0:
+            if "accounting storage is disabled" in proc.stderr.lower():
+                self._no_accounting = True
+            return None
+        return parse_sacct(proc.stdout, job_id)
 
     def show(self, job_id: str) -> Dict[str, str]:
         """``scontrol show job``'s fields for one job ({} if Slurm no longer knows it)."""

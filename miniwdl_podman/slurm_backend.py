@@ -156,7 +156,8 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         command: str,
         record: usage_record.AttemptRecord,
     ) -> int:
-        record.slurm = {"job_id": None, "node": None, "state": None}
+        record.slurm = {"job_id": None, "node": None, "state": None, "max_rss_bytes": None,
+                        "total_cpu_seconds": None}  # fmt: skip
         slurm, watcher = self._slurm, self._watcher
         settings, ss = self.settings(), self._slurm_settings
         assert slurm is not None and watcher is not None and ss is not None
@@ -338,12 +339,17 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
 
     @staticmethod
     def _await_end(job_id: str, slurm: slurm_mod.Slurm, timeout: float) -> str:
-        """The job's final state, once Slurm has settled it (COMPLETING → ...)."""
+        """The job's final state, once Slurm has settled it (COMPLETING → ...); from its
+        accounting (``sacct``) when the controller no longer knows the job (``MinJobAge``)."""
         deadline = time.monotonic() + timeout
         state = ""
         while True:
             info = slurm.show(job_id)
             state = info.get("JobState", "UNKNOWN") if info else "UNKNOWN"
+            if state == "UNKNOWN":
+                recorded = slurm.accounting(job_id)
+                if recorded is not None and recorded.state in slurm_mod.TERMINAL:
+                    return recorded.state
             if state in slurm_mod.TERMINAL or state == "UNKNOWN" or time.monotonic() > deadline:
                 return state
             time.sleep(0.5)
@@ -362,6 +368,11 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         result = protocol.read_result(files["result"])
         where = result.node if result is not None else ""
         record.image = plan.image_label
+        assert self._slurm is not None
+        recorded = self._slurm.accounting(job_id)  # sacct's view, where the cluster keeps one
+        if recorded is not None and record.slurm is not None:
+            record.slurm["max_rss_bytes"] = recorded.max_rss_bytes
+            record.slurm["total_cpu_seconds"] = recorded.total_cpu_seconds
         if result is not None:
             assert record.slurm is not None
             record.slurm["node"] = result.node or None

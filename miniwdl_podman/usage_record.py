@@ -18,7 +18,9 @@ known is ``null``):
 - ``exit_code``, ``oom_killed``, ``peak_rss_bytes``, ``cpu_seconds``, ``samples`` (usage sampled
   about once a second from the container's processes; 0 samples: it ended within a second);
 - ``error``: the error that ended the attempt without an exit status (its type and message);
-- ``slurm`` (the Slurm backend only): ``job_id``, ``node``, ``state``;
+- ``slurm`` (the Slurm backend only): ``job_id``, ``node``, ``state``, and where the cluster
+  keeps accounting, ``sacct``'s ``max_rss_bytes`` (its steps' MaxRSS) and
+  ``total_cpu_seconds`` (TotalCPU);
 - ``retry_reason``: for a retry, how the attempt before it ended (``exit status 1``, ``out of
   memory``, or its error), else null.
 """

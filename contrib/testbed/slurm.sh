@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # As root: a single-host Slurm cluster (slurmctld + slurmd on this machine, munge auth) from
 # Debian's packages, for the Slurm backend's tests (issue 9). Idempotent: a running cluster is
-# left as it is. Settings that work in an unprivileged sandbox without systemd (field notes):
-# linuxproc process tracking, no task plugin, no accounting, cons_tres with CR_Core_Memory.
+# left as it is. Settings that work in a sandbox without systemd: cgroup v1 tracking and
+# confinement, accounting through slurmdbd on a local MariaDB, cons_tres with CR_Core_Memory.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh
@@ -10,7 +10,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [ "$(id -u)" = 0 ] || tb_die "run as root"
 
 missing=()
-for p in slurm-wlm munge sudo; do
+for p in slurm-wlm munge sudo slurmdbd mariadb-server; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -34,6 +34,37 @@ chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
 install -d -o munge -g munge -m 755 /run/munge
 pgrep -x munged >/dev/null || runuser -u munge -- /usr/sbin/munged --force
 
+# accounting (slurmdbd on MariaDB): a job's final state from sacct once the controller has
+# forgotten it, and its MaxRSS/TotalCPU for the usage records
+if ! mysqladmin ping >/dev/null 2>&1; then
+    install -d -o mysql -g mysql /run/mysqld
+    # no systemd here: the init script (it waits until the server answers)
+    /etc/init.d/mariadb start >/dev/null
+fi
+mysql -e "CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+  CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'mwp-slurmdb';
+  GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';"
+cat > /etc/slurm/slurmdbd.conf <<CONF
+# written by miniwdl_podman contrib/testbed/slurm.sh
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=slurm
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=mwp-slurmdb
+StorageLoc=slurm_acct_db
+LogFile=/var/log/slurm/slurmdbd.log
+PidFile=/run/slurmdbd.pid
+CONF
+chown slurm:slurm /etc/slurm/slurmdbd.conf && chmod 600 /etc/slurm/slurmdbd.conf
+install -d -o slurm -g slurm /var/log/slurm
+pgrep -x slurmdbd >/dev/null || slurmdbd
+for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
+sacctmgr -n list cluster >/dev/null 2>&1 || tb_die "slurmdbd did not come up (see /var/log/slurm/slurmdbd.log)"
+sacctmgr -n -P list cluster format=cluster | grep -qx miniwdl-podman-test \
+    || sacctmgr -i add cluster miniwdl-podman-test >/dev/null
+
 host=$(hostname -s)
 # the node claims more CPUs and memory than this machine has (config_overrides), so that the
 # tests can show tasks sized beyond the login node (which is this same machine)
@@ -52,7 +83,9 @@ SlurmctldHost=$host
 AuthType=auth/munge
 ProctrackType=proctrack/cgroup
 TaskPlugin=task/cgroup
-JobAcctGatherType=jobacct_gather/none
+JobAcctGatherType=jobacct_gather/linux
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 SlurmUser=slurm

@@ -9,6 +9,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -892,6 +893,15 @@ def test_a_scatter_runs_on_the_node_from_the_shared_store(
         assert all(f"image in shared store :: image: \"{RELAYED_IMAGE}\", id: \"{image_id[:12]}\""
                    in log for log in node_logs)  # fmt: skip
         assert not any("pulling image" in log for log in node_logs)
+        # the run report reads the Slurm backend's records too: a row per job, with its node
+        tsv = short_dir / "run.tsv"
+        made = subprocess.run([sys.executable, "-m", "miniwdl_podman", "report",
+                               str(res.run_dir / "_LAST"), "--tsv", str(tsv)],
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert made.returncode == 0, made.stderr
+        rows = [ln.split("\t") for ln in tsv.read_text().splitlines()[1:]]
+        assert sorted(r[7] for r in rows) == [socket.gethostname()] * 3  # node
+        assert all(r[8].isdigit() and r[2] == "ok" for r in rows)  # job id, state
         stores = list(short_dir.glob("s-*"))
         assert len(stores) == 3
         for store in stores:  # the node stores hold no image of their own
@@ -977,3 +987,51 @@ def test_a_tag_pushed_anew_mid_run_does_not_change_the_runs_image(
         assert "image pinned for the run :: " in "".join(
             p.read_text() for p in _files(run_dir, "slurm/try1.log")
         )
+
+
+_FORGETFUL = r"""#!/bin/sh
+# {name} as a controller that has already forgotten every ended job (MinJobAge passed)
+terminal='BOOT_FAIL|CANCELLED|COMPLETED|DEADLINE|FAILED|NODE_FAIL|OUT_OF_MEMORY|PREEMPTED|TIMEOUT'
+out=$({real} "$@") || exit $?
+case {name} in
+squeue) kept=$(printf '%s\n' "$out" | grep -Ev "^[^|]*\|($terminal)\|" || true)
+        if [ -z "$kept" ] && printf '%s ' "$@" | grep -q -- '--jobs='; then
+            echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1
+        fi
+        [ -z "$kept" ] || printf '%s\n' "$kept" ;;
+scontrol) if printf '%s\n' "$out" | grep -Eq "JobState=($terminal)"; then
+              echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1
+          fi
+          printf '%s\n' "$out" ;;
+esac
+"""
+
+
+def test_a_job_the_controller_forgot_gets_its_end_from_sacct(
+    slurm: SlurmRun, tmp_path: Path
+) -> None:
+    """When squeue and scontrol no longer know an ended job (MinJobAge), its final state comes
+    from Slurm's accounting: a job that ended without a result is named FAILED, not UNKNOWN;
+    the usage record of a job that ran carries sacct's MaxRSS and TotalCPU."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for name in ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "sacct"):
+        real = shutil.which(name)
+        assert real, f"{name} not found"
+        script = bindir / name
+        if name in ("squeue", "scontrol"):
+            script.write_text(_FORGETFUL.format(name=name, real=real))
+        else:
+            script.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+        script.chmod(0o755)
+    env = {"MINIWDL__PODMAN_ROOTLESS_SLURM__SBATCH": str(bindir / "sbatch")}
+    no_helper = {**env, "MINIWDL__PODMAN_ROOTLESS_SLURM__NODE_PYTHON": "/nonexistent/python3"}
+    res = slurm.run(INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}", env=no_helper)
+    line = res.clean_failure_line()
+    assert "ended (FAILED) without a result" in line, line
+
+    res = slurm.run(INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (rec,) = [json.loads(p.read_text()) for p in _files(res.run_dir, "usage.1.json")]
+    assert rec["slurm"]["state"] == "COMPLETED"
+    assert rec["slurm"]["total_cpu_seconds"] is not None

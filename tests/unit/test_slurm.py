@@ -409,3 +409,26 @@ def test_a_lone_percent_in_a_config_file_is_a_clear_error_and_double_percent_wor
     good.write_text("[podman_rootless_slurm]\nnode_storage = /tmp/mwp-%%u-%%j\n")
     loaded = settings.load_slurm(config.Loader(logging.getLogger("t"), [str(good)]))
     assert loaded.node_storage == "/tmp/mwp-%u-%j"
+
+
+def test_sacct_output_gives_the_final_state_and_the_steps_peak() -> None:
+    """sacct's allocation line gives the state (without "by UID"), exit code, node and
+    TotalCPU; the steps' largest MaxRSS is the job's; a job not listed is None."""
+    text = (
+        "417|CANCELLED by 1001|0:15|vm||01:02.500\n"
+        "417.batch|CANCELLED|0:15|vm|10240K|00:01.250\n"
+        "417.extern|COMPLETED|0:0|vm|1.5M|00:00.001\n"
+    )
+    acct = slurm.parse_sacct(text, "417")
+    assert acct == slurm.Accounting("CANCELLED", "0:15", "vm", 10 << 20, 62.5)
+    assert slurm.parse_sacct(text, "41") is None
+    assert slurm.parse_sacct("", "417") is None
+
+
+def test_slurm_sizes_and_durations() -> None:
+    """sacct's sizes (K/M/G suffixes, bare bytes) and durations ([DD-][HH:]MM:SS[.mmm])."""
+    assert slurm.slurm_size("2G") == 2 << 30 and slurm.slurm_size("512") == 512
+    assert slurm.slurm_size("") is None and slurm.slurm_size("lots") is None
+    assert slurm.slurm_duration("1-02:03:04") == 86400 + 2 * 3600 + 3 * 60 + 4
+    assert slurm.slurm_duration("00:01.250") == 1.25
+    assert slurm.slurm_duration("") is None
