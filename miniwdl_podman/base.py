@@ -316,11 +316,23 @@ class PodmanTaskContainer(TaskContainer):
 
 
 def _log_run_usage(top: str, logger: logging.Logger) -> None:
-    """At the end of the process: one line summing up the run's usage records, naming the
-    report command (best effort: a run directory that cannot be read says nothing)."""
+    """At the end of the process: one line summing up the run's usage records and naming the
+    report command, appended to the run's ``workflow.log`` (``task.log`` for a task run; miniwdl
+    has closed its own handler
+    by then) and, when the run succeeded, logged (shown on the terminal); a failed run's last
+    terminal line stays miniwdl's error. Best effort: a run that cannot be read says nothing."""
     try:
         attempts = report.gather(top)
-        if attempts:
-            notice(logger, _("run usage", **report.log_line(report.summarize(top, attempts))))
+        if not attempts:
+            return
+        message = _("run usage", **report.log_line(report.summarize(top, attempts)))
+        logs = [os.path.join(top, n) for n in ("workflow.log", "task.log")]
+        log = next((p for p in logs if os.path.isfile(p)), "")
+        if log:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+            with open(log, "a", encoding="utf-8") as out:
+                out.write(f"{stamp} miniwdl-podman NOTICE {message}\n")
+        if os.path.isfile(os.path.join(top, "outputs.json")):
+            notice(logger, message)
     except Exception as exn:  # never fail miniwdl's exit over a summary
         logger.debug(_("no run usage summary", error=str(exn)))

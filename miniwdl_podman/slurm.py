@@ -401,8 +401,8 @@ class JobState:
 
     @property
     def terminal(self) -> bool:
-        """Whether the job has ended."""
-        return self.state in TERMINAL
+        """Whether the job has ended (``UNKNOWN``: Slurm forgot it, so it ended long ago)."""
+        return self.state in TERMINAL or self.state == "UNKNOWN"
 
 
 def classify(
@@ -705,12 +705,22 @@ class JobWatcher:
             return sorted(self._jobs)
 
     def state(self, job_id: str) -> Optional[JobState]:
-        """The job's latest state; a made-up terminal ``UNKNOWN`` once squeue has not listed
-        it three times running (Slurm forgot it: it ended long ago)."""
+        """The job's latest state. Once squeue has not listed it three times running (the
+        controller forgot it: it ended ``MinJobAge`` ago), the final state its accounting
+        recorded (``sacct``, asked once), else a made-up ``UNKNOWN``; either is terminal."""
         with self._lock:
-            if self._missing.get(job_id, 0) >= 3:
-                return JobState(job_id, "UNKNOWN")
-            return self._states.get(job_id)
+            missing = self._missing.get(job_id, 0) >= 3
+            known = self._states.get(job_id)
+        if not missing:
+            return known
+        if known is None or not known.terminal:
+            recorded = self._slurm.accounting(job_id)
+            ended = recorded.state if recorded is not None and recorded.state in TERMINAL else ""
+            known = JobState(job_id, ended or "UNKNOWN")
+            with self._lock:
+                if job_id in self._jobs:
+                    self._states[job_id] = known
+        return known
 
     def _loop(self) -> None:
         while True:

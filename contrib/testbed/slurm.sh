@@ -60,10 +60,6 @@ CONF
 chown slurm:slurm /etc/slurm/slurmdbd.conf && chmod 600 /etc/slurm/slurmdbd.conf
 install -d -o slurm -g slurm /var/log/slurm
 pgrep -x slurmdbd >/dev/null || slurmdbd
-for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
-sacctmgr -n list cluster >/dev/null 2>&1 || tb_die "slurmdbd did not come up (see /var/log/slurm/slurmdbd.log)"
-sacctmgr -n -P list cluster format=cluster | grep -qx miniwdl-podman-test \
-    || sacctmgr -i add cluster miniwdl-podman-test >/dev/null
 
 host=$(hostname -s)
 # the node claims more CPUs and memory than this machine has (config_overrides), so that the
@@ -123,6 +119,12 @@ AllowedSwapSpace=0
 ConstrainCores=no
 ConstrainDevices=no
 CONF
+# slurmdbd answers (sacctmgr reads slurm.conf's AccountingStorageType), and knows the cluster
+for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
+sacctmgr -n list cluster >/dev/null 2>&1 \
+    || tb_die "slurmdbd did not come up (see /var/log/slurm/slurmdbd.log)"
+sacctmgr -n -P list cluster format=cluster | grep -qx miniwdl-podman-test \
+    || sacctmgr -i add cluster miniwdl-podman-test >/dev/null
 conf_sum=$(cat /etc/slurm/slurm.conf /etc/slurm/cgroup.conf | md5sum | cut -c1-32)
 if [ "$(cat /run/miniwdl-podman-slurm.sum 2>/dev/null)" != "$conf_sum" ]; then
     # configuration changed (or first start): restart both daemons on it

@@ -78,6 +78,9 @@ def test_a_scatter_leaves_records_that_the_report_adds_up(miniwdl: Miniwdl, tmp_
     assert "tasks: 3" in line[0] and f'worst_over_asker: "{over} (asked 512.0 MiB' in line[0]
     top = next(p for p in res.run_dir.iterdir() if p.is_dir() and not p.is_symlink())
     assert f"miniwdl-podman report {top}" in line[0]
+    assert (
+        (top / "workflow.log").read_text().splitlines()[-1].endswith(line[0].split(" NOTICE ")[-1])
+    )
     tsv = tmp_path / "run.tsv"
     out = _report(top, "--tsv", str(tsv))
     assert out.returncode == 0, out.stderr

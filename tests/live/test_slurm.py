@@ -1029,6 +1029,9 @@ def test_a_job_the_controller_forgot_gets_its_end_from_sacct(
     res = slurm.run(INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}", env=no_helper)
     line = res.clean_failure_line()
     assert "ended (FAILED) without a result" in line, line
+    # a failed run's usage line goes to its workflow.log only: the terminal ends on the error
+    (log,) = [p for p in res.run_dir.glob("*/workflow.log") if "_LAST" not in str(p)]
+    assert "run usage :: tasks: 1" in log.read_text().splitlines()[-1]
 
     res = slurm.run(INDEXED_SCATTER_WDL, "n=1", f"image={PULL_IMAGE}", env=env)
     assert res.returncode == 0, res.stderr[-3000:]

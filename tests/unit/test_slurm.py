@@ -4,7 +4,7 @@ plan and settings that travel to the compute node."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import pytest
 from WDL import Error
@@ -432,3 +432,33 @@ def test_slurm_sizes_and_durations() -> None:
     assert slurm.slurm_duration("1-02:03:04") == 86400 + 2 * 3600 + 3 * 60 + 4
     assert slurm.slurm_duration("00:01.250") == 1.25
     assert slurm.slurm_duration("") is None
+
+
+def test_a_job_squeue_forgot_ends_with_the_state_sacct_recorded() -> None:
+    """A watched job squeue stops listing (MinJobAge) ends, after three misses, with the state
+    Slurm's accounting recorded, or UNKNOWN without accounting; both are terminal."""
+    import logging
+    import time
+
+    class Forgetful:
+        def __init__(self, recorded: Optional[slurm.Accounting]) -> None:
+            self.recorded = recorded
+            self.asked = 0
+
+        def states(self, _jobs: Any) -> Dict[str, slurm.JobState]:
+            return {}
+
+        def accounting(self, _job_id: str) -> Optional[slurm.Accounting]:
+            self.asked += 1
+            return self.recorded
+
+    for recorded, expected in ((slurm.Accounting("FAILED"), "FAILED"), (None, "UNKNOWN")):
+        fake = Forgetful(recorded)
+        watcher = slurm.JobWatcher(fake, 0.01, logging.getLogger("test"))  # type: ignore[arg-type]
+        watcher.watch("7")
+        deadline = time.monotonic() + 10
+        while (st := watcher.state("7")) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert st is not None and st.state == expected and st.terminal
+        assert watcher.state("7") == st
+        assert fake.asked == 1 or recorded is None
