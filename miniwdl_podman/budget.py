@@ -17,7 +17,6 @@ them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +26,7 @@ import uuid
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from .errors import ConfigError
-from .host import own_start_time, pid_alive
+from .host import locked, own_start_time, pid_alive
 from .settings import SECTION
 
 
@@ -116,17 +115,6 @@ def ensure_private_dir(path: str) -> str:
             f" [{SECTION}] coordination_dir elsewhere"
         )
     return path
-
-
-@contextlib.contextmanager
-def locked(path: str) -> Iterator[None]:
-    """Hold an exclusive flock on ``path`` (created if needed)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def live_entries(entries: List[Dict[str, Any]]) -> List[Dict[str, Any]]:

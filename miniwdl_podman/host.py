@@ -7,12 +7,14 @@ pure (functions of a file's text), so it is unit-tested without the files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import json
 import os
 import socket
 import tempfile
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 # file system types on which rootless container storage breaks (no xattrs/whiteouts, no
 # user-namespaced ownership) or crawls; by /proc/self/mountinfo's type name
@@ -199,3 +201,14 @@ def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
         out.flush()
         os.fsync(out.fileno())
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def locked(path: str, mode: int = 0o600) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created with ``mode`` if needed)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, mode)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -143,6 +143,7 @@ class Summary:
     cpu_hours_used: float
     cpu_hours_reserved: float
     peak_rss: int
+    memory_asked: int  # the most any attempt asked for (runtime.memory)
     over_askers: List[Tuple[str, int, int]] = field(default_factory=list)  # task, asked, peak
     near_limit: List[Tuple[str, float]] = field(default_factory=list)  # task, peak / asked
     oom: List[str] = field(default_factory=list)
@@ -172,21 +173,31 @@ def _records(task_dir: str, names: List[str]) -> Iterator[Tuple[int, Dict[str, A
             yield int(m.group(1)), raw
 
 
-def _log_start(path: str) -> float:
-    """The time of a task log's first line (its start), else the file's mtime."""
+def _unrecorded(task: str, path: str) -> Attempt:
+    """A task with a log but no usage record: still running, or (its log says so) failed
+    before any attempt ran its container (e.g. the backend could not start)."""
+    started, error = 0.0, ""
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
-            m = _LOG_TIME.match(f.readline())
+            lines = f.read().splitlines()
+        m = _LOG_TIME.match(lines[0]) if lines else None
         if m:
-            return time.mktime(time.strptime(m.group(1).split(".")[0], "%Y-%m-%d %H:%M:%S"))
-        return os.stat(path).st_mtime
+            started = time.mktime(time.strptime(m.group(1).split(".")[0], "%Y-%m-%d %H:%M:%S"))
+        else:
+            started = os.stat(path).st_mtime
+        error = next((ln.split(" ERROR ", 1)[1] for ln in lines if " ERROR " in ln), "")
     except OSError:
-        return 0.0
+        pass
+    if error:
+        record = {"started": started, "ended": started, "seconds": {}, "error": error[:300]}
+        return Attempt(task, 1, record)
+    return Attempt(task, 1, {"started": started, "seconds": {}}, running=True)
 
 
 def gather(run_dir: str) -> List[Attempt]:
     """Every attempt of the run's tasks, in order of start: the recorded ones, and a task that
-    has begun (``task.log``) with no record and no outputs yet as one ``running`` attempt."""
+    has begun (``task.log``) with no record and no outputs yet as one attempt: ``running``, or
+    failed when its log has an error (it failed before any container ran)."""
     ans: List[Attempt] = []
     top = os.path.basename(os.path.abspath(run_dir))
     for here, dirs, files in os.walk(run_dir):
@@ -200,8 +211,7 @@ def gather(run_dir: str) -> List[Attempt]:
         for attempt, raw in found:
             ans.append(Attempt(task, attempt, raw))
         if not found and "task.log" in files and "outputs.json" not in files:
-            started = _log_start(os.path.join(here, "task.log"))
-            ans.append(Attempt(task, 1, {"started": started, "seconds": {}}, running=True))
+            ans.append(_unrecorded(task, os.path.join(here, "task.log")))
     ans.sort(key=lambda a: (a.started, a.task, a.attempt))
     return ans
 
@@ -241,6 +251,7 @@ def summarize(run_dir: str, attempts: List[Attempt], now: Optional[float] = None
         cpu_hours_used=used / 3600,
         cpu_hours_reserved=reserved / 3600,
         peak_rss=max((a.peak_rss or 0 for a in attempts), default=0),
+        memory_asked=max((a.memory_requested or 0 for a in attempts), default=0),
         over_askers=[t for t in over if t[1] > t[2]][:5],
         near_limit=near[:5],
         oom=sorted({a.task for a in attempts if a.state == "oom"}),

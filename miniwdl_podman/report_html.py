@@ -277,6 +277,7 @@ def summary_section(s: Summary) -> str:
         ("CPU-hours reserved", f"{s.cpu_hours_reserved:.3f}", round(s.cpu_hours_reserved, 6)),
         ("CPU efficiency", _pct(s.cpu_efficiency), s.cpu_efficiency),
         ("peak memory", size(s.peak_rss), s.peak_rss),
+        ("most memory asked", size(s.memory_asked or None), s.memory_asked),
     ]  # fmt: skip
     parts = [
         f'<div class="card" data-k="{_e(k)}" data-v="{_e(v)}">{_e(k)}<b>{_e(t)}</b></div>'

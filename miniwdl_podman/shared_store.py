@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional
 
-from .host import write_json_atomic
+from .host import locked, write_json_atomic
 
 FORMAT = 1
 _ID = re.compile(r"^[0-9a-f]{64}$")
@@ -121,12 +121,12 @@ class SharedStore:
         is already staged (by another run, perhaps while this one waited for the lock)."""
         for sub in ("images", "names", "staging", "locks"):
             os.makedirs(os.path.join(self.root, sub), exist_ok=True)
-        with _flocked(os.path.join(self.root, "locks", f"{image_id}.lock")):
+        with locked(os.path.join(self.root, "locks", f"{image_id}.lock"), 0o644):
             if self.by_id(image_id) is not None:
                 yield None
                 return
             work = tempfile.mkdtemp(prefix=f"{image_id}.", dir=os.path.join(self.root, "staging"))
-            with _flocked(os.path.join(work, "lock")):
+            with locked(os.path.join(work, "lock"), 0o644):
                 yield work
 
     def commit(self, work: str, image_id: str, digest: str, names: List[str]) -> Staged:
@@ -192,16 +192,6 @@ def storage_options(driver: str, graph_options: Dict[str, Any], stores: List[str
     for store in stores:
         args += ["--storage-opt", f"{driver}.imagestore={store}"]
     return args
-
-
-@contextlib.contextmanager
-def _flocked(path: str) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _read_json(path: str) -> Dict[str, Any]:

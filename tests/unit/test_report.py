@@ -55,6 +55,19 @@ def run_dir(tmp_path: Path) -> Path:
     return run
 
 
+def test_a_task_that_failed_before_its_container_is_a_failed_attempt(tmp_path: Path) -> None:
+    """A task log with an error and no record (the backend could not start): a failed attempt
+    naming the error, not a running one."""
+    task = tmp_path / "run" / "call-x"
+    task.mkdir(parents=True)
+    (task / "task.log").write_text(
+        "2026-12-05 10:01:00.500 wdl.w:x NOTICE task setup\n"
+        "2026-12-05 10:01:01.000 wdl.w:x ERROR task x (call-x) failed :: error: PodmanUnavailable\n"
+    )
+    (attempt,) = report.gather(str(tmp_path / "run"))
+    assert attempt.state == "failed" and "PodmanUnavailable" in attempt.error
+
+
 def test_gather_finds_every_attempt_and_the_running_task(run_dir: Path) -> None:
     """Every recorded attempt (sub-workflows included, work/ left alone) and a task begun
     without a record, in order of start."""
@@ -120,6 +133,7 @@ def test_the_page_is_self_contained_and_shows_the_numbers(run_dir: Path) -> None
     assert not re.search(r"(src|href)=\"(https?:)?//", page) and "@import" not in page
     cards = _cards(page)
     assert cards["tasks"] == "4" and cards["attempts"] == "4" and cards["running"] == "1"
+    assert cards["most memory asked"] == str(8 * GIB) and cards["peak memory"] == str(1800 * MIB)
     assert float(cards["CPU-hours used"]) == pytest.approx(s.cpu_hours_used, abs=1e-6)
     for pid in ("summary", "plot-memory", "plot-cpu", "plot-timeline", "tasks"):
         assert f'id="{pid}"' in page
