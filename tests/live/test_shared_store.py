@@ -197,3 +197,14 @@ def test_a_tag_that_moved_is_staged_anew_and_never_breaks_the_store(
     ]
     listed = podman(*opts, "images", "--format", "{{.ID}}").stdout.split()
     assert {i[:12] for i in images} <= set(listed)
+
+
+def test_a_shared_store_that_cannot_be_written_fails_naming_it(tmp_path: Path) -> None:
+    """Staging into a directory the user cannot write fails the image with the path and the
+    option to change, no traceback."""
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    res = stage(tmp_path, locked / "shared", BASE_IMAGE)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "cannot stage image" in res.stderr and str(locked / "shared") in res.stderr
+    assert "shared_store elsewhere" in res.stderr
