@@ -120,7 +120,7 @@ ConstrainCores=no
 ConstrainDevices=no
 CONF
 # slurmdbd answers (sacctmgr reads slurm.conf's AccountingStorageType), and knows the cluster
-for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
+for _ in $(seq 300); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.2; done
 sacctmgr -n list cluster >/dev/null 2>&1 \
     || tb_die "slurmdbd did not come up (see /var/log/slurm/slurmdbd.log)"
 sacctmgr -n -P list cluster format=cluster | grep -qx miniwdl-podman-test \
