@@ -91,6 +91,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     runtime: Optional[Runtime] = None
+    storage = ""
     result = protocol.Result(node=node)
     try:
         storage = node_path(job.storage, os.environ)
@@ -134,6 +135,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     finally:
         if runtime is not None:
             runtime.close(logger)
+            if storage and "%j" in job.storage:
+                # a store of this job alone: its graph directory stays mounted in the user's
+                # rootless namespace (which outlives the job when another process of the user
+                # on this node holds it); release it, so the store can be removed
+                error = runtime.engine.release_mounts(storage)
+                if error:
+                    logger.warning("could not release the job's store mounts: %s", error)
     result.write(job.result)
     if result.terminated:
         return 143

@@ -90,6 +90,11 @@ class Engine:
         """Give ``paths`` back to the invoking user (``podman unshare chown``); error or None."""
         return processes.unshare_chown(self.settings.podman, paths)
 
+    def release_mounts(self, top: str) -> Optional[str]:
+        """Unmount what Podman's storage left mounted under ``top`` in the user's rootless mount
+        namespace once its service stopped (a store of this process alone); error or None."""
+        return processes.unshare_release(self.settings.podman, top)
+
     def reap_dead_runs(self, logger: logging.Logger) -> int:
         """Remove the containers that dead miniwdl runs on this host left; how many."""
         return self.containers.reap_dead_runs(logger)

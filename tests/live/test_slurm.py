@@ -835,6 +835,10 @@ def test_node_storage_with_slurms_patterns_is_expanded_on_the_node(
         (job_id,) = re.findall(r'slurm job submitted :: job_id: "(\d+)"', _task_logs(res.run_dir))
         store = short_dir / f"s-{getpass.getuser()}-{job_id}"
         assert (store / "root").is_dir(), sorted(p.name for p in short_dir.iterdir())
+        # the job released its store's mounts: the store can be removed as soon as it ended
+        gone = subprocess.run(["podman", "unshare", "rm", "-rf", str(store)],
+                              capture_output=True, text=True)  # fmt: skip
+        assert gone.returncode == 0, gone.stderr
     finally:
         for made in short_dir.glob("s-*"):  # files of the container's uids: remove as them
             subprocess.run(["podman", "unshare", "rm", "-rf", str(made)], capture_output=True)
