@@ -12,30 +12,41 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import pytest
 
 from miniwdl_podman import mounts, protocol
 from miniwdl_podman import plan as plan_mod
 from miniwdl_podman.settings import Settings
+from miniwdl_podman.shared_store import SharedStore, Staged
 
-from .conftest import PULL_IMAGE, containers_under, foreign_owned
+from .conftest import BASE_IMAGE, PULL_IMAGE, containers_under, foreign_owned
+from .test_shared_store import stage
 
 pytestmark = pytest.mark.podman
 USER_IMAGE = "localhost/miniwdl-podman/user-1000:2"
 
 
-def _job(tmp_path: Path, short_dir: Path, image: str, command: str) -> Tuple[Dict[str, str], Path]:
+def _job(
+    tmp_path: Path,
+    short_dir: Path,
+    image: str,
+    command: str,
+    staged: Optional[Staged] = None,
+    pins: str = "",
+    name: str = "call-t",
+    store: str = "store",
+) -> Tuple[Dict[str, str], Path]:
     """A task attempt laid out as miniwdl lays one out, with one input file; its job file."""
-    task = tmp_path / "call-t"
+    task = tmp_path / name
     work = task / "work"
     work.mkdir(parents=True)
     (task / "stdout.txt").touch()
     (task / "stderr.txt").touch()
     (task / "command").write_text(command)
     data = tmp_path / "inputs" / "data.txt"
-    data.parent.mkdir()
+    data.parent.mkdir(exist_ok=True)
     data.write_text("from the login node\n")
     cdir = "/mnt/miniwdl_task_container"
     paths = mounts.TaskPaths(cdir, str(work), str(task / "stdout.txt"),
@@ -56,8 +67,10 @@ def _job(tmp_path: Path, short_dir: Path, image: str, command: str) -> Tuple[Dic
         str(task / "slurm" / "try1"),
         plan,
         Settings(),
-        storage=str(short_dir / "store"),
+        storage=str(short_dir / store),
         runtime_dir=str(short_dir),
+        staged=staged,
+        pins=pins,
     )
     return files, task
 
@@ -120,3 +133,46 @@ def test_node_helper_reports_a_failing_command_and_a_user_image(
     assert foreign_owned(task) == []
     assert containers_under(tmp_path, _store(short_dir)) == []
     assert containers_under(tmp_path) == []  # nor in the user's own store
+
+
+def test_node_helper_runs_the_image_its_job_names_from_the_shared_store(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    """A job naming an image staged in the shared store runs it from there (its service reads
+    that store, on this Podman) on an empty node store that receives no image."""
+    shared = short_dir / "shared"
+    try:
+        staging = stage(tmp_path, shared, BASE_IMAGE)
+        assert staging.returncode == 0, staging.stderr
+        staged = SharedStore(str(shared)).find(BASE_IMAGE)
+        assert staged is not None
+        files, _task = _job(tmp_path, short_dir, BASE_IMAGE, "test -x /bin/sh\n", staged=staged)
+        proc, result = _node_run(files)
+        assert proc.returncode == 0 and result["exit_code"] == 0, proc.stderr[-3000:]
+        assert f'image in shared store :: image: "{BASE_IMAGE}"' in proc.stderr
+        assert result["image_id"] == staged.id
+        index = short_dir / "store" / "root" / "overlay-images" / "images.json"
+        assert not index.exists() or json.loads(index.read_text()) == []
+    finally:
+        subprocess.run(["podman", "unshare", "rm", "-rf", str(shared), str(short_dir / "store")],
+                       capture_output=True)  # fmt: skip
+
+
+def test_node_helper_pins_a_tag_for_the_run(tmp_path: Path, short_dir: Path) -> None:
+    """The run's first job to need a tag records its digest in the run's pin directory; the
+    next job (another node store) runs repository@digest."""
+    pins = str(tmp_path / "pins")
+    first, _ = _job(tmp_path, short_dir, PULL_IMAGE, "true\n", pins=pins, name="call-a",
+                    store="s1")  # fmt: skip
+    proc, result = _node_run(first)
+    assert proc.returncode == 0 and result["exit_code"] == 0, proc.stderr[-3000:]
+    assert "image pinned for the run by this job" in proc.stderr
+    second, _ = _job(tmp_path, short_dir, PULL_IMAGE, "true\n", pins=pins, name="call-b",
+                     store="s2")  # fmt: skip
+    proc, again = _node_run(second)
+    assert proc.returncode == 0 and again["exit_code"] == 0, proc.stderr[-3000:]
+    repo = PULL_IMAGE.rsplit(":", 1)[0]
+    assert f'image pinned for the run :: image: "{PULL_IMAGE}", reference: "{repo}@sha256:' in (
+        proc.stderr
+    )
+    assert again["image_id"] == result["image_id"]
