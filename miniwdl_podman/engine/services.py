@@ -100,6 +100,10 @@ class PrivateService:
             start_new_session=True,
             close_fds=True,
             env=podman_environ(os.environ),
+            # not the caller's directory: a warm service outlives the run, and once that
+            # directory is removed every container it starts fails (conmon: "Failed to get
+            # working directory", exit status 1)
+            cwd="/",
         )
 
     def start(self, probe: Callable[[str], bool], timeout: float) -> None:

@@ -396,6 +396,27 @@ def test_warm_service_is_reused_by_the_next_run_then_stops_when_idle(
     assert 'source: "private service (warm)"' in third.log()  # started afresh, not a stale one
 
 
+def test_a_warm_service_outlives_the_directory_its_first_run_started_in(
+    tmp_path: Path, short_dir: Path
+) -> None:
+    """The warm service does not keep the starting run's working directory: once that
+    directory is removed, the next run's containers still start through the same service."""
+    env = _warm_env(short_dir, idle="60")
+    first_dir = tmp_path / "first"
+    first_dir.mkdir()
+    first = Miniwdl(first_dir).run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (service,) = service_processes(str(short_dir))
+    assert os.readlink(f"/proc/{service[0]}/cwd") == "/"
+    shutil.rmtree(first_dir)
+    second_dir = tmp_path / "second"
+    second_dir.mkdir()
+    second = Miniwdl(second_dir).run(ECHO_WDL, f"image={BASE_IMAGE}", env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert 'source: "private service (warm, reused)"' in second.log()
+    assert containers_under(tmp_path) == []
+
+
 def _stop_and_wait(runtime_dir: Path) -> None:
     stop_services_under(runtime_dir)
     deadline = time.monotonic() + 30
