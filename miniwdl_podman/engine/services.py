@@ -24,6 +24,7 @@ import tempfile
 import time
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
 
+from .. import __version__
 from ..errors import GENERIC_HINT, PodmanUnavailable, hint_for
 from ..host import pid_alive, read_text, start_time, write_json_atomic
 from ..settings import SECTION
@@ -426,13 +427,17 @@ def _config_stamps(env: Mapping[str, str]) -> List[Any]:
 
 def service_key(podman_exe: str, args: Sequence[str], idle: float) -> str:
     """What tells two private services apart: executable, global options, idle time, the
-    environment Podman reads and its configuration files as they are now."""
+    environment Podman reads and its configuration files as they are now, and the version of
+    this package."""
     exe = shutil.which(podman_exe) or podman_exe
     env = podman_environ(os.environ)
     read = {k: v for k, v in env.items() if k.startswith("CONTAINERS_") or k in _PODMAN_READS}
+    # this package's version too: a service another version started is not assumed to be
+    # started the way this one starts it
     raw = json.dumps(
-        [os.path.realpath(exe), list(args), idle, sorted(read.items()), _config_stamps(env)]
-    )
+        [os.path.realpath(exe), list(args), idle, sorted(read.items()), _config_stamps(env),
+         __version__]
+    )  # fmt: skip
     return hashlib.sha256(raw.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
