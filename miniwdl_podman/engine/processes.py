@@ -203,7 +203,8 @@ with open("/proc/self/mountinfo") as info:
 for point in sorted(set(points), key=len, reverse=True):
     subprocess.run(["umount", "-l", point], capture_output=True)
 for path in sys.argv[2:]:
-    shutil.rmtree(path)
+    if os.path.lexists(path):
+        shutil.rmtree(path)
 """
 
 
