@@ -19,7 +19,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 _RECORD = re.compile(r"^usage\.(\d+)\.json$")
 _LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)")
@@ -216,13 +216,19 @@ def gather(run_dir: str) -> List[Attempt]:
     return ans
 
 
-def summarize(run_dir: str, attempts: List[Attempt], now: Optional[float] = None) -> Summary:
-    """The run's :class:`Summary`."""
-    now = time.time() if now is None else now
+def last_attempts(attempts: Sequence[Attempt]) -> Dict[str, Attempt]:
+    """Each task's last attempt, by task."""
     last: Dict[str, Attempt] = {}
     for a in attempts:
         if a.task not in last or a.attempt >= last[a.task].attempt:
             last[a.task] = a
+    return last
+
+
+def summarize(run_dir: str, attempts: List[Attempt], now: Optional[float] = None) -> Summary:
+    """The run's :class:`Summary`."""
+    now = time.time() if now is None else now
+    last = last_attempts(attempts)
     start = min((a.started for a in attempts if a.started), default=now)
     ends = [a.ended for a in attempts if a.ended is not None]
     running = [a for a in attempts if a.running]

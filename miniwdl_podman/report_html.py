@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from . import __version__
-from .report import Attempt, Summary, size
+from .report import Attempt, Summary, last_attempts, size
 
 MAX_ROWS = 400  # rows drawn in a plot (the table has every attempt)
 _W = 960
@@ -72,11 +72,8 @@ def _secs(x: float) -> str:
 
 
 def _last_attempts(attempts: Sequence[Attempt]) -> List[Attempt]:
-    last: Dict[str, Attempt] = {}
-    for a in attempts:
-        if a.task not in last or a.attempt >= last[a.task].attempt:
-            last[a.task] = a
-    return sorted(last.values(), key=lambda a: a.task)
+    """Each task's last attempt, in task order (what the per-task plots show)."""
+    return sorted(last_attempts(attempts).values(), key=lambda a: a.task)
 
 
 def _svg(pid: str, title: str, height: int, body: List[str], note: str = "") -> str:

@@ -81,6 +81,11 @@ class SharedStore:
         found = self.by_id(str(entry.get("id") or ""))
         return found
 
+    def reusable(self, name: str, pull: str) -> Optional[Staged]:
+        """The image staged under ``name``, to use as it is: None with ``pull = always`` (the
+        name is fetched and staged again) or when nothing is staged under it."""
+        return None if pull == "always" else self.find(name)
+
     def store_of(self, image_id: str) -> str:
         return os.path.join(self._image_dir(image_id), "store")
 

@@ -606,6 +606,11 @@ class Slurm:
             return None
         return parse_sacct(proc.stdout, job_id)
 
+    def recorded_end(self, job_id: str) -> str:
+        """The final state the job's accounting recorded ("" : none, or not an end)."""
+        recorded = self.accounting(job_id)
+        return recorded.state if recorded is not None and recorded.state in TERMINAL else ""
+
     def show(self, job_id: str) -> Dict[str, str]:
         """``scontrol show job``'s fields for one job ({} if Slurm no longer knows it)."""
         try:
@@ -714,9 +719,7 @@ class JobWatcher:
         if not missing:
             return known
         if known is None or not known.terminal:
-            recorded = self._slurm.accounting(job_id)
-            ended = recorded.state if recorded is not None and recorded.state in TERMINAL else ""
-            known = JobState(job_id, ended or "UNKNOWN")
+            known = JobState(job_id, self._slurm.recorded_end(job_id) or "UNKNOWN")
             with self._lock:
                 if job_id in self._jobs:
                     self._states[job_id] = known

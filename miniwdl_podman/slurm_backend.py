@@ -224,7 +224,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
         shared = SharedStore(settings.shared_store)
 
         def find_or_stage() -> Staged:
-            found = shared.find(image) if settings.pull != "always" else None
+            found = shared.reusable(image, settings.pull)
             if found is not None:
                 logger.info(_("image in shared store", image=image, id=found.id[:12]))
                 return found
@@ -347,9 +347,7 @@ class PodmanRootlessSlurm(PodmanTaskContainer):
             info = slurm.show(job_id)
             state = info.get("JobState", "UNKNOWN") if info else "UNKNOWN"
             if state == "UNKNOWN":
-                recorded = slurm.accounting(job_id)
-                if recorded is not None and recorded.state in slurm_mod.TERMINAL:
-                    return recorded.state
+                state = slurm.recorded_end(job_id) or state
             if state in slurm_mod.TERMINAL or state == "UNKNOWN" or time.monotonic() > deadline:
                 return state
             time.sleep(0.5)

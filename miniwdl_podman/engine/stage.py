@@ -53,11 +53,10 @@ def _stage(
     conn: Connection, images: Images, shared: SharedStore, image: str, logger: logging.Logger
 ) -> Staged:
     s = conn.settings
-    if s.pull != "always":
-        found = shared.find(image)
-        if found is not None:
-            logger.info(_("image in shared store", image=image, id=found.id[:12]))
-            return found
+    found = shared.reusable(image, s.pull)
+    if found is not None:
+        logger.info(_("image in shared store", image=image, id=found.id[:12]))
+        return found
     ref = images.fetch(image, logger)
     _sweep(shared, s.podman, logger)
     with shared.staging(ref.id) as work:

@@ -452,6 +452,8 @@ def test_a_job_squeue_forgot_ends_with_the_state_sacct_recorded() -> None:
             self.asked += 1
             return self.recorded
 
+        recorded_end = slurm.Slurm.recorded_end  # the real reading of accounting
+
     for recorded, expected in ((slurm.Accounting("FAILED"), "FAILED"), (None, "UNKNOWN")):
         fake = Forgetful(recorded)
         watcher = slurm.JobWatcher(fake, 0.01, logging.getLogger("test"))  # type: ignore[arg-type]
