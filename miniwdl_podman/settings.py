@@ -82,7 +82,7 @@ class Settings:
     service_start_timeout: float = 30.0
     service_idle: float = 600.0
     api_timeout: float = 300.0
-    wait_interval: str = "20ms"
+    wait_interval: str = "10ms"
     wait_fast_seconds: float = 5.0
     wait_interval_long: str = "500ms"
     pull: str = "missing"

@@ -34,8 +34,6 @@ from .services import PrivateService, WarmService, service_key
 # (connect, read) timeout for requests that legitimately block for as long as the task runs
 _UNBOUNDED = (30.0, None)
 _BUILD_TIMEOUT = 24 * 3600.0
-# at most this many container state checks a second, all of this process's fast waits together
-_POLLS_PER_SECOND = 200
 INLINE_REPO = "localhost/miniwdl-inline"
 
 

@@ -1,4 +1,4 @@
-"""Which podman-py errors the engine retries, and how it words them."""
+"""Which podman-py errors the engine retries, how it words them, and how often it asks."""
 
 from __future__ import annotations
 
@@ -47,3 +47,20 @@ def test_pid_is_dead() -> None:
     assert not containers._left_by_dead_process(str(os.getpid()))
     assert not containers._left_by_dead_process("not-a-pid")
     assert containers._left_by_dead_process("999999999")
+
+
+def test_fast_wait_interval_is_stretched_to_the_polling_budget() -> None:
+    """One waiting task is checked every wait_interval (10ms); sixteen together every 80ms."""
+    from types import SimpleNamespace
+
+    from miniwdl_podman.settings import Settings
+
+    fake_conn = SimpleNamespace(settings=Settings())
+    ctrs = containers.Containers(fake_conn)  # type: ignore[arg-type]
+    try:
+        ctrs._waiting = 1
+        assert ctrs._fast_interval() == "10ms"
+        ctrs._waiting = 16
+        assert ctrs._fast_interval() == "80ms"
+    finally:
+        ctrs.close()
