@@ -12,6 +12,7 @@ import fcntl
 import functools
 import json
 import os
+import select
 import socket
 import tempfile
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -183,6 +184,63 @@ def pid_alive(pid: int, started: str = "") -> bool:
         now = start_time(pid)
         return not now or now == started
     return True
+
+
+def nspid(status: str) -> Tuple[str, ...]:
+    """The ``NSpid`` field of a ``/proc/PID/status`` text: the process's pid in its own pid
+    namespace and every one above it, outermost first (empty: no such line)."""
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return tuple(line.split()[1:])
+    return ()
+
+
+class ProcessWatch:
+    """The end of one process, watched through a pidfd (Linux 5.3 or later): :meth:`ended`
+    blocks until it has exited, without asking anybody."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd  # -1: the process had already ended when the watch was asked for
+
+    @classmethod
+    def namespace_init(cls, pid: int) -> Optional[ProcessWatch]:
+        """A watch on host process ``pid`` if it is the first process of a pid namespace below
+        this one (a container's init); one that has ended at once if ``pid`` is gone; None if
+        it cannot be watched (no pidfd, ``/proc`` hidden, a pid of another namespace than ours:
+        then it is not the process that was meant)."""
+        if pid <= 0:
+            return None
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return cls(-1)
+        except (AttributeError, OSError):
+            return None
+        watch = cls(fd)
+        ids = nspid(read_text(f"/proc/{pid}/status"))
+        if (len(ids) >= 2 and ids[-1] == "1") or (not ids and watch.ended(0)):
+            return watch  # (no status: the process ended just now; the pidfd says it was it)
+        watch.close()
+        return None
+
+    def ended(self, timeout: float) -> bool:
+        """Whether the process has exited, waiting up to ``timeout`` seconds for it."""
+        if self.fd < 0:
+            return True
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        return bool(poller.poll(max(0, int(timeout * 1000))))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> ProcessWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def private_dir(uid: int) -> str:
