@@ -257,6 +257,47 @@ print(json.dumps({"outputs": WDL.values_to_json(outputs, namespace=exe.name), "d
 """
 
 
+def run_in_engine(
+    engine: Any,
+    st: Any,
+    task_dir: Path,
+    command: str,
+    logger: Any,
+    limits: Optional[Dict[str, int]] = None,
+) -> Any:
+    """Run ``command`` as one task through an in-process, connected ``Engine`` (the same path
+    from plan to container that the backend takes); the task's Outcome."""
+    from miniwdl_podman import identity, launch, mounts
+    from miniwdl_podman import plan as plan_mod
+
+    (task_dir / "work").mkdir(parents=True)
+    paths = mounts.TaskPaths(
+        container_dir="/mnt/miniwdl_task_container",
+        host_work_dir=str(task_dir / "work"),
+        host_stdout=str(task_dir / "stdout.txt"),
+        host_stderr=str(task_dir / "stderr.txt"),
+        host_command=str(task_dir / "command"),
+    )
+    for name in ("stdout.txt", "stderr.txt"):
+        (task_dir / name).touch()
+    (task_dir / "command").write_text(command)
+    plan = plan_mod.TaskPlan(
+        run_id=task_dir.name,
+        task_dir=str(task_dir),
+        try_counter=1,
+        container_dir=paths.container_dir,
+        mounts=mounts.task_mounts(paths, {}),
+        image=BASE_IMAGE,
+        network="none",
+        limits=limits or {},
+    )
+    host = identity.host_ids(engine.info, os.geteuid(), os.getegid())
+    with launch.Launcher(engine, st, host).start(plan, logger) as task:
+        outcome = task.wait(None)
+    assert outcome is not None
+    return outcome
+
+
 @pytest.fixture
 def short_dir() -> Iterator[Path]:
     """A directory with a short path (unix socket paths must stay under 108 bytes)."""

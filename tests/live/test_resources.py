@@ -14,11 +14,10 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from miniwdl_podman import identity, launch, libpod, mounts, podman_facts, settings
-from miniwdl_podman import plan as plan_mod
+from miniwdl_podman import libpod, podman_facts, settings
 from miniwdl_podman.engine import INLINE_REPO, Engine
 
-from .conftest import BASE_IMAGE, Miniwdl, foreign_owned, podman
+from .conftest import BASE_IMAGE, Miniwdl, foreign_owned, podman, run_in_engine
 
 pytestmark = pytest.mark.podman
 
@@ -265,33 +264,10 @@ def test_podman_create_warnings_are_logged(
     st = settings.Settings(network="none", coordinate=False)
     engine = Engine(st, pool_size=4)
     engine.connect(logger)
+    task_dir = tmp_path / "task"
     try:
-        task_dir = tmp_path / "task"
-        (task_dir / "work").mkdir(parents=True)
-        paths = mounts.TaskPaths(
-            container_dir="/mnt/miniwdl_task_container",
-            host_work_dir=str(task_dir / "work"),
-            host_stdout=str(task_dir / "stdout.txt"),
-            host_stderr=str(task_dir / "stderr.txt"),
-            host_command=str(task_dir / "command"),
-        )
-        for name in ("stdout.txt", "stderr.txt"):
-            (task_dir / name).touch()
-        (task_dir / "command").write_text("echo ran > out.txt\n")
-        plan = plan_mod.TaskPlan(
-            run_id="create-warning",
-            task_dir=str(task_dir),
-            try_counter=1,
-            container_dir=paths.container_dir,
-            mounts=mounts.task_mounts(paths, {}),
-            image=BASE_IMAGE,
-            network="none",
-            limits={"memory_bytes": 64 << 20} if v1 else {},
-        )
-        host = identity.host_ids(engine.info, os.geteuid(), os.getegid())
-        with launch.Launcher(engine, st, host).start(plan, logger) as task:
-            outcome = task.wait(None)
-        assert outcome is not None
+        limits = {"memory_bytes": 64 << 20} if v1 else {}
+        outcome = run_in_engine(engine, st, task_dir, "echo ran > out.txt\n", logger, limits)
     finally:
         engine.remove_leftovers(logger)
         engine.close()

@@ -1,10 +1,12 @@
-"""Host facts parsing, doctor's config editing, and the cross-process budget ledger."""
+"""Host facts parsing, process watches, doctor's config editing, and the cross-process budget
+ledger."""
 
 from __future__ import annotations
 
 import configparser
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -242,3 +244,21 @@ def test_a_site_wide_miniwdl_config_is_not_edited(tmp_path: Path) -> None:
     (line,) = done
     assert line.startswith("not changed:") and "is not yours" in line
     assert "network = none" in line and "MINIWDL__PODMAN_ROOTLESS__NETWORK=none" in line
+
+
+def test_nspid_lists_a_process_ids_outermost_first() -> None:
+    """NSpid gives a process's pid in each pid namespace, its own (here 1) last."""
+    status = "Name:\tcatatonit\nTgid:\t4242\nNSpid:\t4242\t1\nPPid:\t4240\n"
+    assert host.nspid(status) == ("4242", "1")
+    assert host.nspid("Name:\tx\n") == ()
+
+
+def test_process_watch_only_takes_a_namespaces_first_process() -> None:
+    """A process of this pid namespace is not watched (not a container's init); one that is
+    gone counts as ended at once."""
+    assert host.ProcessWatch.namespace_init(os.getpid()) is None
+    assert host.ProcessWatch.namespace_init(0) is None
+    child = subprocess.Popen(["true"])
+    child.wait()
+    watch = host.ProcessWatch.namespace_init(child.pid)
+    assert watch is not None and watch.ended(0)
