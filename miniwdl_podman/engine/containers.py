@@ -2,8 +2,10 @@
 
 :class:`Containers` runs a :class:`~miniwdl_podman.spec.ContainerSpec`: create (the body written
 by :mod:`miniwdl_podman.libpod`; Podman's create warnings, which podman-py drops, are logged) and
-start, giving back a :class:`Running` handle: the caller polls its wait (fast server-side polling
-for short tasks, slow for long ones, within a per-process polling budget) and closes it, which
+start, giving back a :class:`Running` handle: the caller polls its wait (the container's first
+process watched through a pidfd, the exit code then read from Podman; where it cannot be watched,
+Podman's wait: fast server-side polling for short tasks, slow for long ones, within a
+per-process polling budget) and closes it, which
 removes the container on every path (off the critical path once the container exited; killed
 first when it may still run). Containers left by dead runs on this host are found by
 their labels and reaped.
@@ -80,15 +82,11 @@ class Running:
         containers = self.containers
 
         def wait() -> None:
-            with containers._lock:
-                containers._waiting += 1
             try:
                 self._outcome["exit_code"] = containers._watch_exit(self.id)
             except BaseException as exn:
                 self._outcome["error"] = exn
             finally:
-                with containers._lock:
-                    containers._waiting -= 1
                 self._done.set()
 
         threading.Thread(target=wait, name=f"wait-{self.spec.name}", daemon=True).start()
@@ -177,7 +175,7 @@ class Containers:
         self._lock = threading.Lock()
         self._create_lock = threading.Lock()
         self._live: Dict[str, str] = {}  # container id -> name, for cleanup at exit
-        self._waiting = 0  # waits in flight
+        self._waiting = 0  # server waits in flight (watched containers are not polled)
         self._remover = ThreadPoolExecutor(max_workers=4, thread_name_prefix="podman-remove")
 
     def start(self, spec: ContainerSpec, logger: logging.Logger) -> Running:
@@ -323,23 +321,29 @@ class Containers:
         """Block until the container exits; its exit code. Polls fast for the first
         ``wait_fast_seconds`` (short tasks return at once), then slowly: each waiting request
         costs the service a state check per interval, for as long as the task runs."""
-        params = {"condition": ["exited", "stopped"], "interval": self._fast_interval()}
+        with self._lock:
+            self._waiting += 1
         try:
-            resp = self.conn.client.api.post(
-                f"/containers/{cid}/wait",
-                params=params,
-                timeout=(30.0, self.settings.wait_fast_seconds),
-            )
-        except APIError as exn:
-            if not isinstance(exn.__cause__, requests.exceptions.ReadTimeout):
-                raise
-            # the service stops polling for an abandoned wait (measured): wait again, slowly
-            params["interval"] = self.settings.wait_interval_long
-            resp = self.conn.client.api.post(
-                f"/containers/{cid}/wait", params=params, timeout=_UNBOUNDED
-            )
-        resp.raise_for_status()
-        return int(resp.json())
+            params = {"condition": ["exited", "stopped"], "interval": self._fast_interval()}
+            try:
+                resp = self.conn.client.api.post(
+                    f"/containers/{cid}/wait",
+                    params=params,
+                    timeout=(30.0, self.settings.wait_fast_seconds),
+                )
+            except APIError as exn:
+                if not isinstance(exn.__cause__, requests.exceptions.ReadTimeout):
+                    raise
+                # the service stops polling for an abandoned wait (measured): wait again, slowly
+                params["interval"] = self.settings.wait_interval_long
+                resp = self.conn.client.api.post(
+                    f"/containers/{cid}/wait", params=params, timeout=_UNBOUNDED
+                )
+            resp.raise_for_status()
+            return int(resp.json())
+        finally:
+            with self._lock:
+                self._waiting -= 1
 
     def _fast_interval(self) -> str:
         """``wait_interval``, stretched so that all of this process's waits together ask the
