@@ -102,8 +102,9 @@ class Running:
                 break
             exn = self._outcome["error"]
             name, logger, conn = self.spec.name, self.logger, self.containers.conn
-            if isinstance(exn, NotFound):
-                raise Interrupted(f"task container {name} disappeared while running") from None
+            # (4.3 answers an inspect racing a removal with a 500 "no such container")
+            if isinstance(exn, NotFound) or "no such container" in _explain(exn):
+                raise self._removed() from None
             if _is_connection_error(exn) and self._reconnects < 5:
                 self._reconnects += 1
                 logger.warning(
@@ -135,12 +136,18 @@ class Running:
             time.sleep(0.05)
             state = self.containers._state(self.id, logger)
         if state is None:
-            logger.error(_("podman container disappeared while running", name=name))
-            raise Interrupted(
-                f"task container {name} was removed while the task ran (by `podman rm`"
-                " or `podman system prune`?); its exit status is not the command's"
-            )
+            raise self._removed()
         return Exit(exit_code, bool(state.get("OOMKilled")))
+
+    def _removed(self) -> Interrupted:
+        """The error of a container removed behind the backend's back (logged): the attempt
+        was interrupted, whatever its exit status said."""
+        name = self.spec.name
+        self.logger.error(_("podman container disappeared while running", name=name))
+        return Interrupted(
+            f"task container {name} was removed while the task ran (by `podman rm`"
+            " or `podman system prune`?); its exit status is not the command's"
+        )
 
     def pid(self) -> int:
         """The host pid of the container's first process; 0 once it has exited."""
