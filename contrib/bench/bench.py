@@ -488,7 +488,7 @@ def write_doc(out: Path, lanes: List[Tuple[str, Dict[str, object]]]) -> None:
                 twin = "4. built-in podman" + label[len("3. podman_rootless") :]
                 if twin in rows:
                     builtin_med = summarise(rows[twin][0])[0]
-            if label == API16:  # the API's ceiling against the built-in backend at c16
+            if label == API16:  # plain podman-py against the built-in backend at c16
                 twin = next((t for t in rows if t.startswith("4.") and t.endswith(" 16")), "")
                 if twin:
                     builtin_med = summarise(rows[twin][0])[0]
