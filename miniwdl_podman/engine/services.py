@@ -4,7 +4,8 @@ With ``service_idle`` > 0 a :class:`WarmService`: found or started on a well-kno
 per user and set of options) and left running for the user's next run until it has been idle
 that long. With ``service_idle = 0`` a :class:`PrivateService`: ``podman system service
 --time=0`` on a socket in a fresh 0700 directory, stopped when miniwdl exits, and tied to a pipe
-held by this process, so that it stops even if miniwdl dies by SIGKILL. Both run in their own
+held by this process, so that it stops even if miniwdl dies by SIGKILL (its directory, left
+then, is removed by the next service start: :func:`sweep_abandoned`). Both run in their own
 session (a Ctrl-C to miniwdl's terminal does not kill them before the backend has removed its
 containers). Whether a socket *answers* is asked through a probe function supplied by the
 connection.
@@ -17,6 +18,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -48,6 +50,16 @@ exit "$status"
 """
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL
 _MAX_SOCKET_PATH = 107
+# a per-run private service's directory (tempfile.mkdtemp's 8 random characters), and the lock
+# its owner holds in it for as long as it lives
+_PRIVATE_PREFIX = "miniwdl-podman-"
+_PRIVATE_DIR = re.compile(_PRIVATE_PREFIX + r"[a-z0-9_]{8}")
+# beside it, the service's own Podman run root where it has one (Podman refuses a --runroot
+# longer than 50 characters: it cannot be inside)
+_RUN_ROOT_PREFIX = "mwp-run-"
+OWNER_LOCK = "owner.lock"
+# a directory without that lock (made by an earlier version) is left alone while this young
+_UNLOCKED_GRACE_SECONDS = 60.0
 
 
 class PrivateService:
@@ -59,12 +71,17 @@ class PrivateService:
         base_dir: str,
         args: Sequence[str] = (),
         late_args: Optional[Callable[[], Sequence[str]]] = None,
+        own_run_root: bool = False,
     ) -> None:
+        """``own_run_root``: give the service a Podman run root of its own (``--runroot``),
+        made beside its directory and removed with it."""
         self.podman_exe = podman_exe
         self.args = list(args)  # global podman options, e.g. --root/--runroot
         # more of them, worked out only when the service is really started (they cost time)
         self._late_args = late_args
         self._answering = False
+        self._owner: Optional[int] = None  # the fd of OWNER_LOCK, held while this object lives
+        self.swept: List[str] = []  # abandoned directories removed by this start
         # the socket path must fit in sockaddr_un: check before making anything
         longest = os.path.join(base_dir, self._dir_name_pattern(), SOCKET_NAME)
         if len(os.fsencode(longest)) > _MAX_SOCKET_PATH:
@@ -75,6 +92,10 @@ class PrivateService:
                 " shorter directory, e.g. /tmp/$USER-podman"
             )
         self.dir = self._make_dir(base_dir)
+        if own_run_root:
+            run_root = _run_root_of(self.dir)
+            os.mkdir(run_root, 0o700)
+            self.args += ["--runroot", run_root]
         self.socket_path = os.path.join(self.dir, SOCKET_NAME)
         self.url = "unix://" + self.socket_path
         self.log_path = os.path.join(self.dir, "service.log")
@@ -84,7 +105,19 @@ class PrivateService:
         return "miniwdl-podman-XXXXXXXX"
 
     def _make_dir(self, base_dir: str) -> str:
-        return tempfile.mkdtemp(prefix="miniwdl-podman-", dir=base_dir)
+        path = tempfile.mkdtemp(prefix="miniwdl-podman-", dir=base_dir)
+        self._hold_owner_lock(path)
+        return path
+
+    def _hold_owner_lock(self, path: str) -> None:
+        """Hold the directory's owner lock until :meth:`cleanup`: while it is held, no other
+        process's :func:`sweep_abandoned` removes the directory."""
+        # locked before it is named: a sweep never finds it free
+        fresh = os.path.join(path, f"{OWNER_LOCK}.{os.getpid()}")
+        fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.rename(fresh, os.path.join(path, OWNER_LOCK))
+        self._owner = fd
 
     def _argv(self, exe: str) -> List[str]:
         """The service, held by the wrapper on a pipe from this process (see ``_WRAPPER``)."""
@@ -125,6 +158,7 @@ class PrivateService:
                 self.cleanup()
                 raise
             self._late_args = None
+        self.swept = sweep_abandoned(os.path.dirname(self.dir))
         with open(self.log_path, "wb") as log:
             self._proc = self._spawn(exe, log)
         started = time.monotonic()
@@ -203,12 +237,17 @@ class PrivateService:
         if self.alive():
             return
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        if self._owner is None:
+            self._hold_owner_lock(self.dir)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
         self.start(probe, timeout)
 
     def cleanup(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        _remove_private_dir(self.dir)
+        if self._owner is not None:
+            os.close(self._owner)
+            self._owner = None
 
 
 class WarmService(PrivateService):
@@ -379,6 +418,57 @@ class WarmService(PrivateService):
         """Remove the directory only when no service is using it."""
         if not (os.path.exists(self.socket_path) and self._answering):
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def sweep_abandoned(base_dir: str) -> List[str]:
+    """Remove from ``base_dir`` the directories of per-run private services whose owner died
+    without removing them (SIGKILL), with their run roots: their owner lock is free (the
+    service, tied to its owner by a pipe, stopped with it). A directory without the lock (an
+    earlier version's) is removed once it has no socket and is a minute old. Warm services'
+    directories are never touched (they outlive runs by design). Returns the directories
+    removed."""
+    removed: List[str] = []
+    try:
+        names = os.listdir(base_dir)
+    except OSError:
+        return removed
+    uid = os.geteuid()
+    for name in names:
+        path = os.path.join(base_dir, name)
+        if not _PRIVATE_DIR.fullmatch(name) or not _usable_private_dir(path, uid):
+            continue
+        try:
+            fd = os.open(os.path.join(path, OWNER_LOCK), os.O_RDWR)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                young = time.time() - os.stat(path).st_mtime < _UNLOCKED_GRACE_SECONDS
+                if not young and not os.path.lexists(os.path.join(path, SOCKET_NAME)):
+                    _remove_private_dir(path)
+                    removed.append(path)
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # its owner lives
+            continue
+        _remove_private_dir(path)
+        os.close(fd)
+        removed.append(path)
+    return removed
+
+
+def _run_root_of(private_dir: str) -> str:
+    base, name = os.path.split(private_dir)
+    return os.path.join(base, _RUN_ROOT_PREFIX + name[len(_PRIVATE_PREFIX) :])
+
+
+def _remove_private_dir(path: str) -> None:
+    """A private service's directory and its run root, if it has one (the run root first:
+    the directory, holding the owner lock, goes last)."""
+    shutil.rmtree(_run_root_of(path), ignore_errors=True)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def pause_process() -> Optional[List[Any]]:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tempfile
 import time
 
 from podman import PodmanClient
@@ -95,13 +93,14 @@ def _fill(conn: Connection, image_id: str, work: str, image: str, logger: loggin
     driver, options = processes.storage_facts(s.podman, list(s.service_args))
     # the user's own driver options, without their own additional stores
     options = {k: v for k, v in options.items() if not k.endswith(".imagestore")}
-    base = runtime_base(s, os.environ)
-    run_root = tempfile.mkdtemp(prefix="st-", dir=base)
-    args = ["--root", os.path.join(work, "store"), "--runroot", run_root,
-            "--storage-driver", driver, *storage_options(driver, options, [])]  # fmt: skip
-    service = PrivateService(s.podman, base, args)
+    args = ["--root", os.path.join(work, "store"), "--storage-driver", driver,
+            *storage_options(driver, options, [])]  # fmt: skip
+    # a run root of its own, removed with it (swept with it if this process is killed)
+    service = PrivateService(s.podman, runtime_base(s, os.environ), args, own_run_root=True)
     try:
         service.start(ping, s.service_start_timeout)
+        for path in service.swept:
+            logger.info(_("removed a killed run's private service directory", path=path))
         with (
             PodmanClient(base_url=service.url, timeout=s.api_timeout) as client,
             open(archive, "rb") as data,
@@ -123,7 +122,6 @@ def _fill(conn: Connection, image_id: str, work: str, image: str, logger: loggin
         raise ImagePullFailed(image, f"cannot stage image {image}: {exn}") from None
     finally:
         service.stop()
-        shutil.rmtree(run_root, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(archive)
     # the store's graph directory stays mounted on itself in the user's namespace after its

@@ -560,7 +560,7 @@ def test_private_service_dies_with_sigkilled_miniwdl(
     miniwdl: Miniwdl, tmp_path: Path, short_dir: Path
 ) -> None:
     """With service_idle = 0, if miniwdl is SIGKILLed mid-task, its private service still
-    stops (nothing stray)."""
+    stops (nothing stray), and the next run removes its directory."""
     runtime_dir = short_dir
 
     def held() -> List[Tuple[int, str]]:
@@ -592,10 +592,15 @@ task sleepy {
     while held() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert held() == []
-    # the orphaned task container is the next run's or doctor's to clean up (issue 6); here we
-    # remove it ourselves so this test leaves nothing behind
+    assert len(list(runtime_dir.iterdir())) == 1
+    # the next run removes the killed run's directory, and its orphaned task container (issue
+    # 6); in case it did not, this test removes the container itself
+    res = miniwdl.run(ECHO_WDL, f"image={BASE_IMAGE}", env=env, args=["--verbose"])
     for name in containers_under(tmp_path):
         podman("rm", "-f", "-t", "0", name, check=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "removed a killed run's private service directory" in res.log()
+    assert list(runtime_dir.iterdir()) == []
 
 
 def test_user_socket_is_used_when_it_answers(miniwdl: Miniwdl, short_dir: Path) -> None:

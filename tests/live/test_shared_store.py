@@ -134,12 +134,24 @@ def test_two_stagings_of_one_image_at_once_make_one_store(shared: Path, tmp_path
 
 
 def test_a_staging_killed_halfway_leaves_the_store_usable(
-    miniwdl: Miniwdl, shared: Path, tmp_path: Path
+    miniwdl: Miniwdl, shared: Path, tmp_path: Path, short_dir: Path
 ) -> None:
     """A `pull` killed (SIGKILL) while its staging service loads the image leaves nothing
-    visible; the next staging sweeps the remains and stages the image, and a run uses it."""
-    proc = subprocess.Popen(pull_cmd(tmp_path, shared, BASE_IMAGE), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    visible; the next staging sweeps the remains (in the store and in the runtime directory)
+    and stages the image, and a run uses it."""
+    runtime_dir = short_dir / "run"
+    runtime_dir.mkdir(mode=0o700)
+    env = {"MINIWDL__PODMAN_ROOTLESS__RUNTIME_DIR": str(runtime_dir)}
+
+    def private_dirs() -> List[str]:  # the warm service's stays, by design
+        return sorted(
+            p.name for p in runtime_dir.iterdir() if not p.name.startswith("miniwdl-podman-warm-")
+        )
+
+    proc = subprocess.Popen(
+        pull_cmd(tmp_path, shared, BASE_IMAGE), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, **env},
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while not list(shared.glob("staging/*/store/overlay*")):
         assert proc.poll() is None, "the staging ended before it could be killed"
@@ -153,11 +165,15 @@ def test_a_staging_killed_halfway_leaves_the_store_usable(
     assert service_processes(str(shared)) == []
     assert staged_images(shared) == {}
     assert len(list((shared / "staging").iterdir())) == 1
+    # the staging service's directory, and its run root
+    left = private_dirs()
+    assert len(left) == 2 and left[1] == left[0].replace("miniwdl-podman-", "mwp-run-"), left
 
-    res = stage(tmp_path, shared, BASE_IMAGE)
+    res = stage(tmp_path, shared, BASE_IMAGE, **env)
     assert res.returncode == 0, res.stderr
     assert len(staged_images(shared)) == 1
     assert list((shared / "staging").iterdir()) == []
+    assert private_dirs() == []
     run = miniwdl.run(INDEXED_SCATTER_WDL, "n=1", f"image={BASE_IMAGE}",
                       env={ENV: str(shared)}, args=["--verbose"])  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import List, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
 
@@ -81,6 +86,66 @@ def test_private_service_refuses_too_long_socket_path(tmp_path: Path) -> None:
         services.PrivateService("podman", str(deep))
     assert "runtime_dir" in str(info.value)
     assert list(deep.iterdir()) == []
+
+
+def test_private_service_directory_is_held_by_its_owner(tmp_path: Path) -> None:
+    """A private service's directory holds its owner's lock until cleanup removes both."""
+    svc = services.PrivateService("podman", str(tmp_path))
+    assert sorted(os.listdir(svc.dir)) == [services.OWNER_LOCK]
+    assert services.sweep_abandoned(str(tmp_path)) == []
+    svc.cleanup()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def short_base() -> Iterator[Path]:
+    """A 0700 directory with a path short enough for the private services' sockets."""
+    path = Path(tempfile.mkdtemp(prefix="mwp-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_sweep_removes_only_directories_of_dead_owners(short_base: Path) -> None:
+    """The sweep removes the directories (and run roots) of owners killed by SIGKILL and an
+    earlier version's old socketless ones; it keeps live owners', young or socket-holding
+    unlocked ones, warm services' and anything else."""
+    base = short_base
+    live = services.PrivateService("podman", str(base))
+    code = (
+        "import os, sys, signal; from miniwdl_podman.engine import services;"
+        " s = services.PrivateService('podman', sys.argv[1], own_run_root=True);"
+        " print(s.dir, flush=True);"
+        " os.kill(os.getpid(), signal.SIGKILL)"
+    )
+    killed = subprocess.run([sys.executable, "-c", code, str(base)], capture_output=True,
+                            text=True)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    dead = killed.stdout.strip()
+    assert os.path.exists(os.path.join(dead, services.OWNER_LOCK))
+    dead_run_root = dead.replace("miniwdl-podman-", "mwp-run-")
+    assert os.path.isdir(dead_run_root)
+    old = time.time() - 3600
+
+    def unlocked(name: str, age: float, socket: bool = False) -> Path:
+        d = base / name
+        d.mkdir(mode=0o700)
+        (d / "service.log").write_text("")
+        if socket:
+            (d / processes.SOCKET_NAME).write_text("")
+        os.utime(d, (age, age))
+        return d
+
+    stale = unlocked("miniwdl-podman-abcd1234", old)
+    young = unlocked("miniwdl-podman-efgh5678", time.time())
+    serving = unlocked("miniwdl-podman-ijkl9012", old, socket=True)
+    warm = unlocked("miniwdl-podman-warm-0123456789ab", old)
+    other = unlocked("miniwdl-podman-paths-x", old)
+    removed = services.sweep_abandoned(str(base))
+    assert sorted(removed) == sorted([dead, str(stale)])
+    assert not os.path.exists(dead_run_root)
+    left = {p.name for p in base.iterdir()}
+    assert left == {os.path.basename(live.dir), young.name, serving.name, warm.name, other.name}
+    live.cleanup()
 
 
 def test_ping_of_nothing_is_false(tmp_path: Path) -> None:
