@@ -57,5 +57,13 @@ for user in "$TB_USER" "$TB_NOSUB_USER"; do
         tb_log "FAIL: containers left behind by the tests of $user: $left"
         [ $status != 0 ] || status=1
     fi
+    # per-run private services' directories and their run roots (a warm service's stays)
+    left=$(TB_USER=$user; tb_user_facts; find "$TB_RUNTIME" -mindepth 1 -maxdepth 1 \
+        \( -regex '.*/miniwdl-podman-[a-z0-9_]\{8\}' -o -name 'mwp-run-*' \) -printf '%f ' \
+        2>/dev/null || true)
+    if [ -n "$left" ]; then
+        tb_log "FAIL: private service directories left behind by the tests of $user: $left"
+        [ $status != 0 ] || status=1
+    fi
 done
 exit $status
