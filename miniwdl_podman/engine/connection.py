@@ -219,8 +219,7 @@ class Connection:
                 self._private = PrivateService(s.podman, base, s.service_args, late)
                 self._private.start(ping, s.service_start_timeout)
                 self.source = "private service"
-            for path in self._private.swept:
-                logger.info(_("removed a killed run's private service directory", path=path))
+            self._private.report_swept(logger)
             self.url = self._private.url
         self._client = PodmanClient(
             base_url=self.url, timeout=s.api_timeout, max_pool_size=self.pool_size

@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ import subprocess
 import tempfile
 import time
 from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from WDL._util import StructuredLogMessage as _
 
 from .. import __version__
 from ..errors import GENERIC_HINT, PodmanUnavailable, hint_for
@@ -194,6 +197,11 @@ class PrivateService:
                 )
             elapsed = time.monotonic() - started
             time.sleep(0.005 if elapsed < 1.0 else min(0.2, elapsed / 10))
+
+    def report_swept(self, logger: logging.Logger) -> None:
+        """Log the abandoned directories that this service's start removed."""
+        for path in self.swept:
+            logger.info(_("removed a killed run's private service directory", path=path))
 
     def log_tail(self, lines: int = 3) -> str:
         try:

@@ -99,8 +99,7 @@ def _fill(conn: Connection, image_id: str, work: str, image: str, logger: loggin
     service = PrivateService(s.podman, runtime_base(s, os.environ), args, own_run_root=True)
     try:
         service.start(ping, s.service_start_timeout)
-        for path in service.swept:
-            logger.info(_("removed a killed run's private service directory", path=path))
+        service.report_swept(logger)
         with (
             PodmanClient(base_url=service.url, timeout=s.api_timeout) as client,
             open(archive, "rb") as data,
