@@ -450,8 +450,8 @@ def sweep_abandoned(base_dir: str) -> List[str]:
         except FileNotFoundError:
             with contextlib.suppress(OSError):
                 young = time.time() - os.stat(path).st_mtime < _UNLOCKED_GRACE_SECONDS
-                if not young and not os.path.lexists(os.path.join(path, SOCKET_NAME)):
-                    _remove_private_dir(path)
+                socket = os.path.lexists(os.path.join(path, SOCKET_NAME))
+                if not young and not socket and _remove_private_dir(path):
                     removed.append(path)
             continue
         except OSError:
@@ -461,9 +461,9 @@ def sweep_abandoned(base_dir: str) -> List[str]:
         except OSError:
             os.close(fd)  # its owner lives
             continue
-        _remove_private_dir(path)
+        if _remove_private_dir(path):
+            removed.append(path)
         os.close(fd)
-        removed.append(path)
     return removed
 
 
@@ -472,10 +472,34 @@ def _run_root_of(private_dir: str) -> str:
     return os.path.join(base, _RUN_ROOT_PREFIX + name[len(_PRIVATE_PREFIX) :])
 
 
-def _remove_private_dir(path: str) -> None:
-    """A private service's directory and its run root, if it has one (the run root first:
-    the directory, holding the owner lock, goes last)."""
-    shutil.rmtree(_run_root_of(path), ignore_errors=True)
+def _remove_private_dir(path: str) -> bool:
+    """Remove a private service's directory and its run root, if it has one; whether both are
+    gone. The run root goes first: while it stays, so does the directory (and its owner lock),
+    for a later sweep to try again."""
+    run_root = _run_root_of(path)
+    _rmtree(run_root)
+    if os.path.lexists(run_root):
+        return False
+    _rmtree(path)
+    return not os.path.lexists(path)
+
+
+def _rmtree(path: str) -> None:
+    """``shutil.rmtree``, through directories without search or write permission too: Podman
+    6 killed while it makes a run root leaves one with mode 0600 (measured)."""
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    for root, dirs, _files in os.walk(path):  # top-down: each made searchable before entered
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(root, name), 0o700)
     shutil.rmtree(path, ignore_errors=True)
 
 

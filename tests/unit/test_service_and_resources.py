@@ -106,9 +106,9 @@ def short_base() -> Iterator[Path]:
 
 
 def test_sweep_removes_only_directories_of_dead_owners(short_base: Path) -> None:
-    """The sweep removes the directories (and run roots) of owners killed by SIGKILL and an
-    earlier version's old socketless ones; it keeps live owners', young or socket-holding
-    unlocked ones, warm services' and anything else."""
+    """The sweep removes the directories (and run roots, whatever their modes) of owners killed
+    by SIGKILL and an earlier version's old socketless ones; it keeps live owners', young or
+    socket-holding unlocked ones, warm services' and anything else."""
     base = short_base
     live = services.PrivateService("podman", str(base))
     code = (
@@ -124,6 +124,11 @@ def test_sweep_removes_only_directories_of_dead_owners(short_base: Path) -> None
     assert os.path.exists(os.path.join(dead, services.OWNER_LOCK))
     dead_run_root = dead.replace("miniwdl-podman-", "mwp-run-")
     assert os.path.isdir(dead_run_root)
+    # as Podman 6 killed while it makes a run root leaves it: a directory without search bits
+    layers = os.path.join(dead_run_root, "overlay-layers")
+    os.mkdir(layers)
+    Path(layers, "mountpoints.lock").write_text("")
+    os.chmod(layers, 0o600)
     old = time.time() - 3600
 
     def unlocked(name: str, age: float, socket: bool = False) -> Path:
