@@ -105,10 +105,10 @@ class PrivateService:
         self._proc: Optional[subprocess.Popen[bytes]] = None
 
     def _dir_name_pattern(self) -> str:
-        return "miniwdl-podman-XXXXXXXX"
+        return _PRIVATE_PREFIX + "XXXXXXXX"
 
     def _make_dir(self, base_dir: str) -> str:
-        path = tempfile.mkdtemp(prefix="miniwdl-podman-", dir=base_dir)
+        path = tempfile.mkdtemp(prefix=_PRIVATE_PREFIX, dir=base_dir)
         self._hold_owner_lock(path)
         return path
 
